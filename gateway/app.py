@@ -1,0 +1,170 @@
+"""The gateway: devices, hubs, the HTTP/WebSocket server and the threads, started and
+stopped together.
+
+    with Gateway(config) as gw:      # start() ... shutdown()
+        print(gw.url)
+
+Threads it owns, all named and joined with a deadline on shutdown: the HTTP server's
+accept loop ("http-accept"), one per request in progress ("http:ADDR"), ws4py's manager
+("WebSocketManager", reads every client), the Sender ("ws-tx", writes every client), and
+two per device ("device-rx:NAME", "device-tx:NAME").
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+
+from ws4py.manager import WebSocketManager
+
+from . import transports
+from .client import Client, Options
+from .config import Config
+from .device import DeviceLink
+from .hub import Hub
+from .outbound import Sender
+from .server import GatewayApp, HTTPServer
+from .wsadapter import ClientSocket
+
+log = logging.getLogger(__name__)
+
+try:  # optional: C unmasking and UTF-8 validation for ws4py
+    import wsaccel
+
+    wsaccel.patch_ws4py()
+    WSACCEL = True
+except ImportError:
+    WSACCEL = False
+
+
+class Gateway:
+    socket_class = ClientSocket
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.run_id = secrets.token_hex(6)
+        self.links: dict[str, DeviceLink] = {}
+        for dev in config.devices:
+            hub = Hub(dev.name, self.run_id, dev.history)
+            self.links[dev.name] = DeviceLink(dev, hub, transports.create(dev.url))
+        self.sender = Sender(config.server.ping_interval)
+        self.manager: WebSocketManager | None = None
+        self.server: HTTPServer | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._ids = itertools.count(1)
+        self._sockets_lock = threading.Lock()
+        self._sockets: set[ClientSocket] = set()
+        self.metrics_refused = 0
+        self.started_at = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> "Gateway":
+        srv = self.config.server
+        self.server = HTTPServer((srv.host, srv.port), GatewayApp(self), srv.handshake_timeout)
+        self.manager = WebSocketManager()
+        self.server.manager = self.manager  # ws4py's handler adds sockets through it
+        self.sender.start()
+        self.manager.start()
+        for link in self.links.values():
+            link.start()
+        self._accept_thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-accept"
+        )
+        self._accept_thread.start()
+        self.started_at = time.time()
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return host, port
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Close clients with 1001, stop accepting, close devices, join every thread."""
+        if self.server is None:
+            return
+        self.server.shutdown()  # stops serve_forever
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        self.server.close_requests(timeout)
+        for ws in self.client_sockets():
+            ws.close(1001, "gateway shutting down")
+        deadline = time.monotonic() + 1.0
+        while self.client_sockets() and time.monotonic() < deadline:
+            time.sleep(0.02)  # clients answer the close; the manager then lets them go
+        for ws in self.client_sockets():
+            if ws.outbox is not None:
+                ws.outbox.finish()
+        self.manager.stop()
+        self.manager.join(timeout)
+        for link in self.links.values():
+            link.stop(timeout)
+        self.sender.stop(timeout)
+        self.server.server_close()
+        self.server = None
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # -- clients ----------------------------------------------------------------------
+
+    def new_client(self, link: DeviceLink, options: Options, peer: str) -> Client:
+        return Client(next(self._ids), link, options, peer)
+
+    def socket_environ(self, client: Client) -> dict:
+        limits = self.config.limits
+        return {
+            "gateway.client": client,
+            "gateway.sender": self.sender,
+            "gateway.max_message": limits.max_message,
+            "gateway.queue": limits.queue,
+            "gateway.registry": self,
+        }
+
+    def adopt(self, ws: ClientSocket) -> None:
+        with self._sockets_lock:
+            self._sockets.add(ws)
+
+    def forget(self, ws: ClientSocket) -> None:
+        with self._sockets_lock:
+            self._sockets.discard(ws)
+
+    def client_sockets(self) -> list[ClientSocket]:
+        with self._sockets_lock:
+            return list(self._sockets)
+
+    def client_count(self) -> int:
+        with self._sockets_lock:
+            return len(self._sockets)
+
+    # -- reports ----------------------------------------------------------------------
+
+    def describe_devices(self) -> list[dict]:
+        out = []
+        for name, link in self.links.items():
+            c = link.counters
+            out.append({
+                "name": name,
+                "kind": link.config.kind,
+                "state": link.state.value,
+                "buttons": [{"label": b.label, "line": b.line} for b in link.config.buttons],
+                "counters": {"lines_in": c.lines_in, "lines_out": c.lines_out, "errors": c.errors,
+                             "clients": link.hub.clients, "reconnects": c.reconnects},
+                "seq": link.hub.seq,
+                "run": self.run_id,
+            })
+        return out

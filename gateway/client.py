@@ -1,0 +1,146 @@
+"""One WebSocket client of one device: the protocol of SPEC section 4, no socket code.
+
+`on_message` runs on ws4py's manager thread, which serves every client: it only parses,
+checks and queues (the device link's writer does the writing). Frames for the client go
+to its outbox, which only the Sender thread writes out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from . import frames
+from .codec import LineError, check_line, encode_line, split_client_text
+from .device import DeviceLink, WriteRequest
+from .outbound import Outbox
+
+log = logging.getLogger(__name__)
+
+MAX_REPLY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the client asked for in the handshake URL."""
+
+    fmt: str = "text"
+    history: int | None = None
+    since: int | None = None
+    run: str | None = None
+
+
+class Client:
+    def __init__(self, client_id: int, link: DeviceLink, options: Options, peer: str):
+        self.id = client_id
+        self.link = link
+        self.fmt = options.fmt
+        self.options = options
+        self.peer = peer
+        self.outbox: Outbox | None = None
+        self.lines_in = 0
+
+    def __repr__(self) -> str:
+        return f"<client {self.id} {self.peer} {self.link.name}/{self.fmt}>"
+
+    # -- lifecycle (called by the ws4py adapter) --------------------------------------
+
+    def opened(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        o = self.options
+        self.link.hub.attach(self, self.id, history=o.history, since=o.since, run=o.run)
+
+    def closed(self) -> None:
+        self.link.hub.detach(self)
+
+    # -- to the client ----------------------------------------------------------------
+
+    def deliver(self, items: list[bytes]) -> None:
+        ob = self.outbox
+        if ob is not None:
+            ob.put_many(items)
+
+    def send_json(self, msg: dict) -> None:
+        self.deliver([frames.text(json.dumps(msg, separators=(",", ":")))])
+
+    def acked(self, request: WriteRequest) -> None:
+        if self.fmt == "json" and request.id is not None:
+            self.send_json({"type": "ack", "id": request.id})
+
+    def failed(self, request: WriteRequest, error: str) -> None:
+        self.error(request.id, error)
+
+    def error(self, request_id, error: str) -> None:
+        if self.fmt == "json":
+            msg = {"type": "error", "error": error}
+            if request_id is not None:
+                msg["id"] = request_id
+            self.send_json(msg)
+        else:
+            log.info("client %s: %s", self, error)
+
+    # -- from the client --------------------------------------------------------------
+
+    def on_message(self, data: bytes, is_binary: bool) -> None:
+        cfg = self.link.config
+        if self.fmt == "binary" or (is_binary and self.fmt == "text"):
+            # Raw bytes, no line handling.
+            self._submit(WriteRequest(bytes(data)))
+            return
+        if is_binary:
+            self.error(None, "json mode takes text frames holding JSON")
+            return
+        text = bytes(data).decode("utf-8")  # ws4py already refused invalid UTF-8 (1007)
+        if self.fmt == "text":
+            for line in split_client_text(text):
+                try:
+                    payload = encode_line(line, cfg.encoding, cfg.eol_bytes, cfg.max_line)
+                except LineError as exc:
+                    self.error(None, str(exc))
+                    return
+                if not self._submit(WriteRequest(payload)):
+                    return
+            return
+        self._on_json(text)
+
+    def _on_json(self, text: str) -> None:
+        cfg = self.link.config
+        try:
+            msg = json.loads(text)
+        except ValueError as exc:
+            self.error(None, f"not JSON: {exc}")
+            return
+        if not isinstance(msg, dict):
+            self.error(None, 'expected an object such as {"line": "PING", "id": 1}')
+            return
+        request_id = msg.get("id")
+        line = msg.get("line")
+        if not isinstance(line, str):
+            self.error(request_id, 'expected "line" to be a string')
+            return
+        reply = msg.get("reply", False)
+        timeout = msg.get("timeout", 2.0)
+        if not isinstance(reply, bool):
+            self.error(request_id, 'expected "reply" to be true or false')
+            return
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_REPLY_TIMEOUT:
+            self.error(request_id, f'expected "timeout" to be seconds between 0 and {MAX_REPLY_TIMEOUT:g}')
+            return
+        try:
+            check_line(line)
+            payload = encode_line(line, cfg.encoding, cfg.eol_bytes, cfg.max_line)
+        except LineError as exc:
+            self.error(request_id, str(exc))
+            return
+        self._submit(WriteRequest(payload, self, request_id, reply, float(timeout)))
+
+    def _submit(self, request: WriteRequest) -> bool:
+        if request.client is None:
+            request.client = self
+        self.lines_in += 1
+        error = self.link.submit(request)
+        if error is not None:
+            self.error(request.id, error)
+            return False
+        return True

@@ -1,0 +1,243 @@
+"""Configuration: a TOML file and command-line flags into frozen dataclasses.
+
+Precedence: flags over the file over the defaults. `--device NAME=URL` adds a device, or
+replaces the file's device of that name. With no device at all, the gateway serves the
+embedded default: one simulated device named `sim`.
+
+Every mistake raises `ConfigError` with one line naming the file, the key and the value,
+e.g. `gateway.toml: device[0].url = 'foo://x': unknown scheme 'foo'`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+
+from . import transports
+from .codec import EOLS
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Button:
+    label: str
+    line: str
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    url: str
+    eol: str = "lf"
+    encoding: str = "utf-8"
+    max_line: int = 4096
+    pace_ms: int = 0
+    history: int = 1000
+    buttons: tuple[Button, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.url.split("://", 1)[0].lower()
+
+    @property
+    def eol_bytes(self) -> bytes:
+        return EOLS[self.eol]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    ping_interval: float = 20.0
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message: int = 65536
+    lines_per_second: float = 0
+    queue: int = 10000
+    max_clients: int = 10000
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    devices: tuple[DeviceConfig, ...] = ()
+    source: str = "defaults"
+
+
+DEFAULT_DEVICE = DeviceConfig(name="sim", url="sim://")
+
+
+def _fail(where: str, key: str, value: object, why: str) -> ConfigError:
+    return ConfigError(f"{where}: {key} = {value!r}: {why}")
+
+
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def _typed(cls, table: dict, where: str, prefix: str, overrides: dict | None = None):
+    """Build dataclass `cls` from `table`, checking each key's name and type."""
+    known = {f.name: _TYPES.get(f.type) for f in fields(cls) if f.type in _TYPES}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise _fail(where, f"{prefix}{key}", value, f"unknown key (known: {', '.join(known)})")
+        want = known[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise _fail(where, f"{prefix}{key}", value, f"expected {want.__name__}")
+        values[key] = value
+    if overrides:
+        values.update(overrides)
+    return cls(**values)
+
+
+def _check_device_values(dev: DeviceConfig, where: str, prefix: str) -> None:
+    if not NAME_RE.match(dev.name):
+        raise _fail(where, f"{prefix}name", dev.name, "use letters, digits, '_', '.', '-' (at most 64)")
+    if dev.eol not in EOLS:
+        raise _fail(where, f"{prefix}eol", dev.eol, f"expected one of {', '.join(EOLS)}")
+    try:
+        "".encode(dev.encoding)
+    except LookupError:
+        raise _fail(where, f"{prefix}encoding", dev.encoding, "unknown encoding") from None
+    if not 1 <= dev.max_line <= 16 * 1024 * 1024:
+        raise _fail(where, f"{prefix}max_line", dev.max_line, "expected 1 to 16777216 bytes")
+    if not 0 <= dev.pace_ms <= 60000:
+        raise _fail(where, f"{prefix}pace_ms", dev.pace_ms, "expected 0 to 60000 ms")
+    if not 0 <= dev.history <= 1_000_000:
+        raise _fail(where, f"{prefix}history", dev.history, "expected 0 to 1000000 lines")
+
+
+_INT_OPTIONS = ("max_line", "pace_ms", "history")
+
+
+def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
+    for key in ("name", "url"):
+        if key not in table:
+            raise _fail(where, f"{prefix}{key}", None, "missing (every device needs name and url)")
+        if not isinstance(table[key], str):
+            raise _fail(where, f"{prefix}{key}", table[key], "expected str")
+    url = table["url"]
+    try:
+        _, _, _, url_options = transports.split_url(url)
+        transports.create(url)  # checks the transport's own options; opens nothing
+    except ValueError as exc:
+        raise _fail(where, f"{prefix}url", url, str(exc)) from None
+    # Device options may also stand in the URL's query; a config key wins over the URL.
+    merged: dict = {}
+    for key, value in url_options.items():
+        if key in _INT_OPTIONS:
+            if not value.isdigit():
+                raise _fail(where, f"{prefix}url", url, f"{key} must be a whole number, not {value!r}")
+            merged[key] = int(value)
+        else:
+            merged[key] = value
+    buttons = table.get("buttons", [])
+    if not isinstance(buttons, list):
+        raise _fail(where, f"{prefix}buttons", buttons, "expected a list of { label, line }")
+    parsed_buttons = []
+    for i, b in enumerate(buttons):
+        if not isinstance(b, dict) or set(b) != {"label", "line"} or not all(isinstance(v, str) for v in b.values()):
+            raise _fail(where, f"{prefix}buttons[{i}]", b, "expected { label = \"...\", line = \"...\" }")
+        parsed_buttons.append(Button(b["label"], b["line"]))
+    rest = {k: v for k, v in table.items() if k != "buttons"}
+    dev = _typed(DeviceConfig, {**merged, **rest}, where, prefix, {"buttons": tuple(parsed_buttons)})
+    _check_device_values(dev, where, prefix)
+    return dev
+
+
+def _check_server(server: ServerConfig, where: str) -> None:
+    if not 0 <= server.port < 65536:
+        raise _fail(where, "server.port", server.port, "expected 0 to 65535")
+    if server.ping_interval < 0:
+        raise _fail(where, "server.ping_interval", server.ping_interval, "expected seconds >= 0 (0 turns pings off)")
+    if server.handshake_timeout <= 0:
+        raise _fail(where, "server.handshake_timeout", server.handshake_timeout, "expected seconds > 0")
+
+
+def _check_limits(limits: LimitsConfig, where: str) -> None:
+    for key, low in (("max_message", 125), ("queue", 1), ("max_clients", 1)):
+        if getattr(limits, key) < low:
+            raise _fail(where, f"limits.{key}", getattr(limits, key), f"expected at least {low}")
+    if limits.lines_per_second < 0:
+        raise _fail(where, "limits.lines_per_second", limits.lines_per_second, "expected >= 0 (0 is off)")
+
+
+def from_dict(data: dict, where: str) -> Config:
+    sections = {"server", "limits", "device"}
+    for key in data:
+        if key not in sections:
+            raise _fail(where, key, data[key], f"unknown section (known: {', '.join(sorted(sections))})")
+    server = _typed(ServerConfig, _table(data, "server", where), where, "server.")
+    _check_server(server, where)
+    limits = _typed(LimitsConfig, _table(data, "limits", where), where, "limits.")
+    _check_limits(limits, where)
+    raw_devices = data.get("device", [])
+    if not isinstance(raw_devices, list):
+        raise _fail(where, "device", raw_devices, "expected [[device]] tables")
+    devices = []
+    for i, table in enumerate(raw_devices):
+        if not isinstance(table, dict):
+            raise _fail(where, f"device[{i}]", table, "expected a table")
+        devices.append(device_from(table, where, f"device[{i}]."))
+    _check_unique(devices, where)
+    return Config(server=server, limits=limits, devices=tuple(devices), source=where)
+
+
+def _table(data: dict, key: str, where: str) -> dict:
+    table = data.get(key, {})
+    if not isinstance(table, dict):
+        raise _fail(where, key, table, "expected a table")
+    return table
+
+
+def _check_unique(devices: list[DeviceConfig], where: str) -> None:
+    seen = set()
+    for i, dev in enumerate(devices):
+        if dev.name in seen:
+            raise _fail(where, f"device[{i}].name", dev.name, "two devices have this name")
+        seen.add(dev.name)
+
+
+def load_file(path: str) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(data, path)
+
+
+def parse_device_flag(text: str) -> DeviceConfig:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise ConfigError(f"--device {text!r}: expected NAME=URL, e.g. esp=serial:///dev/ttyUSB0?baudrate=115200")
+    return device_from({"name": name, "url": url}, "--device", "")
+
+
+def apply_flags(config: Config, host: str | None, port: int | None, devices: list[str]) -> Config:
+    server = config.server
+    if host is not None:
+        server = replace(server, host=host)
+    if port is not None:
+        server = replace(server, port=port)
+    _check_server(server, "--port")
+    merged = {d.name: d for d in config.devices}
+    for text in devices:
+        dev = parse_device_flag(text)
+        merged[dev.name] = dev
+    result = tuple(merged.values()) or (DEFAULT_DEVICE,)
+    return replace(config, server=server, devices=result)

@@ -1,0 +1,263 @@
+"""One device link per device: a reader thread, a writer thread, reconnect with backoff.
+
+The reader ("device-rx:NAME") opens the transport, feeds what it reads through the line
+codec into the hub, and when the device is lost flushes the partial line (nothing read
+is lost), closes, and opens again after 0.2 s, doubling to 5 s. The writer
+("device-tx:NAME") is the only thread that writes to the device: client lines wait in
+one bounded queue, in arrival order; a request (`reply: true`) holds the queue until the
+device answered or the request timed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .codec import LineDecoder
+from .config import DeviceConfig
+from .hub import Hub, State
+from .transports import Transport, TransportError
+from .transports.base import NotConnectedYet, WriteTimeout
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 5.0
+WRITE_QUEUE = 10000  # lines waiting for the device, all clients together
+BATCH_BYTES = 65536
+
+
+@dataclass
+class WriteRequest:
+    data: bytes
+    client: "Writer | None" = None
+    id: object = None
+    reply: bool = False
+    timeout: float = 2.0
+
+
+class Writer(Protocol):
+    """What the device link needs of a client to answer its writes."""
+
+    def deliver(self, items: list[bytes]) -> None: ...
+
+    def acked(self, request: WriteRequest) -> None: ...
+
+    def failed(self, request: WriteRequest, error: str) -> None: ...
+
+
+@dataclass
+class Counters:
+    lines_in: int = 0
+    lines_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    cut_lines: int = 0
+    invalid_lines: int = 0
+    write_queue_full: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class DeviceLink:
+    def __init__(self, config: DeviceConfig, hub: Hub, transport: Transport,
+                 on_state: Callable[["DeviceLink", State], None] | None = None):
+        self.config = config
+        self.name = config.name
+        self.hub = hub
+        self.transport = transport
+        self.on_state = on_state
+        self.counters = Counters()
+        self.decoder = LineDecoder(config.encoding, config.max_line)
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._queue: deque[WriteRequest] = deque()  # guarded by _cond
+        self._reader = threading.Thread(target=self._read_loop, name=f"device-rx:{self.name}")
+        self._writer = threading.Thread(target=self._write_loop, name=f"device-tx:{self.name}")
+        self._connected = threading.Event()
+
+    @property
+    def state(self) -> State:
+        return self.hub.state
+
+    def start(self) -> None:
+        self._reader.start()
+        self._writer.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.transport.cancel()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in (self._writer, self._reader):
+            if thread.ident is not None:
+                thread.join(timeout)
+                if thread.is_alive():
+                    log.warning("device %s: thread %s did not stop within %.1f s", self.name, thread.name, timeout)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- state ------------------------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        if state is self.hub.state:
+            return
+        if state is State.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        self.hub.publish_status(state)
+        if self.on_state is not None:
+            try:
+                self.on_state(self, state)
+            except Exception:  # a sink's bug must not stop the device
+                log.exception("device %s: state callback failed", self.name)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        transport = self.transport
+        failed_before = False
+        while not self._stop.is_set():
+            try:
+                transport.open()
+            except NotConnectedYet:
+                self._set_state(State.RECONNECTING)
+                continue
+            except TransportError as exc:
+                if not failed_before:
+                    log.warning("device %s: cannot open %s: %s (retrying with backoff)", self.name, transport.describe(), exc)
+                    failed_before = True
+                self._set_state(State.RECONNECTING)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if failed_before or self.counters.reconnects:
+                log.info("device %s: connected to %s", self.name, transport.describe())
+            failed_before = False
+            backoff = BACKOFF_FIRST
+            self.decoder.reset()
+            self._set_state(State.CONNECTED)
+            try:
+                while not self._stop.is_set():
+                    data = transport.read()
+                    if data:
+                        self._deliver(data)
+            except TransportError as exc:
+                if not self._stop.is_set():
+                    log.warning("device %s: lost: %s", self.name, exc)
+            except Exception:
+                log.exception("device %s: reader failed; reconnecting", self.name)
+            finally:
+                tail = self.decoder.flush()  # a device that vanished mid-line: keep the part
+                if tail:
+                    self._publish(b"", tail)
+                transport.close()
+            if not self._stop.is_set():
+                self.counters.reconnects += 1
+                self._set_state(State.RECONNECTING)
+                self._stop.wait(BACKOFF_FIRST)
+        transport.release()
+        self._set_state(State.DISCONNECTED)
+
+    def _deliver(self, data: bytes) -> None:
+        self.counters.bytes_in += len(data)
+        lines = self.decoder.feed(data)
+        if self.transport.message_oriented:
+            lines += self.decoder.flush()
+        self._publish(data, lines)
+
+    def _publish(self, chunk: bytes, lines) -> None:
+        c = self.counters
+        c.lines_in += len(lines)
+        c.cut_lines = self.decoder.cut_lines
+        c.invalid_lines = self.decoder.invalid_lines
+        self.hub.publish(chunk, lines, self.decoder.pending)
+
+    # -- writing ----------------------------------------------------------------------
+
+    def submit(self, request: WriteRequest) -> str | None:
+        """Queue a write; an error message instead when it cannot be queued."""
+        if self.hub.state is not State.CONNECTED:
+            self.counters.errors += 1
+            return f"device {self.name} is {self.hub.state.value}"
+        with self._cond:
+            if len(self._queue) >= WRITE_QUEUE:
+                self.counters.write_queue_full += 1
+                self.counters.errors += 1
+                return f"device {self.name} write queue is full ({WRITE_QUEUE} lines)"
+            self._queue.append(request)
+            self._cond.notify()
+        return None
+
+    def _next_batch(self) -> list[WriteRequest]:
+        """Requests to write in one go: one request with a reply, or plain lines."""
+        with self._cond:
+            while not self._queue and not self._stop.is_set():
+                self._cond.wait(0.5)
+            if self._stop.is_set():
+                return []
+            first = self._queue.popleft()
+            batch = [first]
+            if first.reply or self.transport.message_oriented or self.config.pace_ms:
+                return batch
+            size = len(first.data)
+            while self._queue and size < BATCH_BYTES and not self._queue[0].reply:
+                req = self._queue.popleft()
+                size += len(req.data)
+                batch.append(req)
+            return batch
+
+    def _write_loop(self) -> None:
+        pace = self.config.pace_ms / 1000.0
+        while not self._stop.is_set():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            if self.hub.state is not State.CONNECTED:
+                self._fail(batch, f"device {self.name} is {self.hub.state.value}")
+                continue
+            request = batch[0]
+            event = None
+            if request.reply and request.client is not None:
+                event = self.hub.expect_reply(request.client, request.id)
+            data = request.data if len(batch) == 1 else b"".join(r.data for r in batch)
+            try:
+                self.transport.write(data)
+            except WriteTimeout as exc:
+                self._fail(batch, str(exc))
+                if event is not None:
+                    self.hub.cancel_reply(event)
+                continue
+            except TransportError as exc:
+                self._fail(batch, f"device {self.name} lost: {exc}")
+                if event is not None:
+                    self.hub.cancel_reply(event)
+                continue
+            self.counters.lines_out += len(batch)
+            self.counters.bytes_out += len(data)
+            for req in batch:
+                if req.client is not None:
+                    req.client.acked(req)
+            if event is not None and not event.wait(request.timeout) and self.hub.cancel_reply(event):
+                self.counters.errors += 1
+                request.client.failed(request, f"no reply within {request.timeout:g} s")
+            if pace:
+                self._stop.wait(pace)
+        with self._cond:
+            left, self._queue = list(self._queue), deque()
+        self._fail(left, "gateway is shutting down")
+
+    def _fail(self, batch: list[WriteRequest], error: str) -> None:
+        self.counters.errors += len(batch)
+        for req in batch:
+            if req.client is not None:
+                req.client.failed(req, error)

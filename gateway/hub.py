@@ -1,0 +1,206 @@
+"""Fan-out for one device: its clients, its numbered line history, its state.
+
+The device's reader thread calls `publish()`; it numbers the lines, keeps the last
+`history` of them, and queues each line's frame (built once per format, shared by every
+client) in each client's outbox. Queuing never blocks. A client attaches under the same
+lock, so the lines it is replayed and the live lines that follow neither overlap nor
+leave a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from enum import Enum
+from typing import Protocol
+
+from . import frames, telemetry
+from .codec import Line
+
+FORMATS = ("text", "json", "binary")
+
+
+def _json_frame(msg: dict) -> bytes:
+    return frames.text(json.dumps(msg, separators=(",", ":")))
+
+
+class State(Enum):
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DISCONNECTED = "disconnected"
+
+
+class Subscriber(Protocol):
+    fmt: str
+
+    def deliver(self, items: list[bytes]) -> None: ...
+
+
+class Record:
+    """A numbered device line and its frames, each built at most once."""
+
+    __slots__ = ("seq", "ts", "line", "_data", "_frames", "device")
+
+    def __init__(self, device: str, seq: int, ts: float, line: Line):
+        self.device = device
+        self.seq = seq
+        self.ts = ts
+        self.line = line
+        self._data: dict | None | bool = False  # False: not parsed yet
+        self._frames: dict[str, bytes] = {}
+
+    @property
+    def data(self) -> dict | None:
+        if self._data is False:
+            self._data = telemetry.parse(self.line.text) if self.line.valid else None
+        return self._data
+
+    def frame(self, fmt: str) -> bytes:
+        f = self._frames.get(fmt)
+        if f is None:
+            f = self._frames[fmt] = self._build(fmt)
+        return f
+
+    def _build(self, fmt: str) -> bytes:
+        line = self.line
+        if fmt == "text":
+            return frames.text(line.text) if line.valid else frames.binary(line.raw)
+        if fmt == "binary":
+            return frames.binary(line.wire)
+        msg = {"type": "line", "device": self.device, "seq": self.seq, "ts": round(self.ts, 3), "line": line.text}
+        data = self.data
+        if data is not None:
+            msg["data"] = data
+        if not line.valid:
+            msg["raw"] = line.raw_base64()
+        return _json_frame(msg)
+
+
+class Hub:
+    def __init__(self, device: str, run: str, history: int = 1000):
+        self.device = device
+        self.run = run
+        self.lock = threading.Lock()
+        self.history: deque[Record] = deque(maxlen=history)
+        self.seq = 0
+        self.state = State.DISCONNECTED
+        self.partial = b""  # bytes of the line the device is in the middle of
+        self._subs: dict[str, list[Subscriber]] = {fmt: [] for fmt in FORMATS}
+        self._reply_to: tuple[Subscriber, object, threading.Event] | None = None
+
+    # -- clients --------------------------------------------------------------------
+
+    @property
+    def clients(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def hello(self, client_id: int) -> bytes:
+        return _json_frame({
+            "type": "hello", "client": client_id, "device": self.device,
+            "run": self.run, "seq": self.seq, "state": self.state.value,
+        })
+
+    def attach(self, sub: Subscriber, client_id: int, history: int | None = None,
+               since: int | None = None, run: str | None = None) -> None:
+        """Replay what the client asked for, then add it to the live fan-out."""
+        with self.lock:
+            items: list[bytes] = []
+            if sub.fmt == "json":
+                items.append(self.hello(client_id))
+            records, gap = self._replay(history, since, run)
+            if gap is not None and sub.fmt == "json":
+                items.append(_json_frame({"type": "gap", "device": self.device, **gap}))
+            items.extend(rec.frame(sub.fmt) for rec in records)
+            if sub.fmt == "binary" and self.partial and records is not None and (history or since is not None):
+                items.append(frames.binary(self.partial))
+            if items:
+                sub.deliver(items)
+            self._subs[sub.fmt].append(sub)
+
+    def _replay(self, history, since, run) -> tuple[list[Record], dict | None]:
+        held = self.history
+        if since is None and run is None:
+            if not history:
+                return [], None
+            return list(held)[-history:], None
+        since = since or 0
+        first_held = held[0].seq if held else self.seq + 1
+        if run is not None and run != self.run:
+            # The gateway restarted since the client last saw it: its numbers mean
+            # nothing here. Say so, and give it everything held.
+            return list(held), {"reason": "gateway restarted", "run": self.run, "from": 1, "to": first_held - 1}
+        if since > self.seq:
+            return list(held), {"reason": "sequence ahead of this gateway (restarted?)", "run": self.run,
+                                "from": 1, "to": first_held - 1}
+        gap = None
+        if since + 1 < first_held:
+            gap = {"reason": "lines dropped from history", "from": since + 1, "to": first_held - 1}
+        return [rec for rec in held if rec.seq > since], gap
+
+    def detach(self, sub: Subscriber) -> None:
+        with self.lock:
+            try:
+                self._subs[sub.fmt].remove(sub)
+            except ValueError:
+                pass
+            if self._reply_to is not None and self._reply_to[0] is sub:
+                self._reply_to[2].set()
+                self._reply_to = None
+
+    # -- requests -------------------------------------------------------------------
+
+    def expect_reply(self, sub: Subscriber, request_id: object) -> threading.Event:
+        """Route the device's next line to `sub` as a reply; the event fires when it came."""
+        event = threading.Event()
+        with self.lock:
+            self._reply_to = (sub, request_id, event)
+        return event
+
+    def cancel_reply(self, event: threading.Event) -> bool:
+        """Give up waiting; True if the reply had not come."""
+        with self.lock:
+            if self._reply_to is not None and self._reply_to[2] is event:
+                self._reply_to = None
+                return True
+        return False
+
+    # -- the device's reader thread ---------------------------------------------------
+
+    def publish(self, chunk: bytes, lines: list[Line], partial: bytes) -> None:
+        now = time.time()
+        with self.lock:
+            self.partial = partial
+            records = []
+            for line in lines:
+                self.seq += 1
+                records.append(Record(self.device, self.seq, now, line))
+            self.history.extend(records)
+            if records and self._reply_to is not None:
+                sub, request_id, event = self._reply_to
+                self._reply_to = None
+                first = records[0].line
+                sub.deliver([_json_frame({"type": "reply", "id": request_id, "line": first.text})])
+                event.set()
+            for fmt, subs in self._subs.items():
+                if not subs:
+                    continue
+                if fmt == "binary":
+                    items = [frames.binary(chunk)] if chunk else []
+                else:
+                    items = [rec.frame(fmt) for rec in records]
+                if items:
+                    for sub in subs:
+                        sub.deliver(items)
+
+    def publish_status(self, state: State) -> None:
+        with self.lock:
+            if state is self.state:
+                return
+            self.state = state
+            subs = list(self._subs["json"])
+        if subs:
+            item = [_json_frame({"type": "status", "device": self.device, "state": state.value})]
+            for sub in subs:
+                sub.deliver(item)

@@ -1,0 +1,248 @@
+"""HTTP and WebSocket on one port: ws4py's wsgiref server with a thread per request.
+
+The stock ws4py `WSGIServer` serves one request at a time (one idle connection blocks
+every handshake); here `ThreadingMixIn` gives each request a named thread, which ends
+once the request is answered or the handshake is done: a WebSocket then belongs to
+ws4py's manager thread (reads) and our Sender thread (writes), not to a thread of its
+own. A handler timeout bounds how long a slow client may take over its request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import socketserver
+import threading
+from http import HTTPStatus
+from importlib import resources
+from urllib.parse import parse_qs
+
+from ws4py.exc import HandshakeError
+from ws4py.server.wsgirefserver import WebSocketWSGIHandler, WebSocketWSGIRequestHandler, WSGIServer
+from ws4py.server.wsgiutils import WebSocketWSGIApplication
+
+from .client import Options
+from .hub import FORMATS
+
+log = logging.getLogger(__name__)
+
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
+                ".ico": "image/x-icon", ".txt": "text/plain; charset=utf-8"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class QuietHandler(WebSocketWSGIHandler):
+    def log_exception(self, exc_info):
+        log.warning("request failed: %s", exc_info[1])
+
+
+class RequestHandler(WebSocketWSGIRequestHandler):
+    WebSocketWSGIHandler = QuietHandler
+    timeout = 10.0  # set from the config by HTTPServer
+
+    def setup(self):
+        self.timeout = self.server.handshake_timeout
+        super().setup()
+
+    def log_message(self, format, *args):
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def handle(self):
+        try:
+            super().handle()
+        except (TimeoutError, socket.timeout):
+            log.info("%s: request not complete within %.0f s, dropped", self.address_string(), self.timeout)
+        except (ConnectionError, OSError) as exc:
+            log.info("%s: connection error during request: %s", self.address_string(), exc)
+
+
+class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per request, each named and joined (with a deadline) on close."""
+
+    daemon_threads = False
+    block_on_close = False  # we join our own threads, with a timeout
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address, app, handshake_timeout: float):
+        self.handshake_timeout = handshake_timeout
+        self._threads_lock = threading.Lock()
+        self._request_threads: set[threading.Thread] = set()
+        self._requests: set[socket.socket] = set()
+        self._upgraded: set[socket.socket] = set()
+        super().__init__(address, RequestHandler)
+        self.set_app(app)
+
+    def process_request(self, request, client_address):
+        name = f"http:{client_address[0]}:{client_address[1]}"
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address), name=name)
+        with self._threads_lock:
+            self._request_threads.add(t)
+            self._requests.add(request)
+        t.start()
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._threads_lock:
+                self._request_threads.discard(threading.current_thread())
+                self._requests.discard(request)
+
+    def handle_error(self, request, client_address):
+        log.exception("request from %s:%s failed", *client_address[:2])
+
+    def mark_upgraded(self, sock: socket.socket) -> None:
+        with self._threads_lock:
+            self._upgraded.add(sock)
+
+    def shutdown_request(self, request):
+        # ws4py's WSGIServer never closes a request's socket (a WebSocket lives on);
+        # close it unless it was handed over to a WebSocket.
+        with self._threads_lock:
+            if request in self._upgraded:
+                self._upgraded.discard(request)
+                return
+        socketserver.TCPServer.shutdown_request(self, request)
+
+    def close_requests(self, timeout: float) -> None:
+        """Wake requests still in progress (a slow handshake) and join their threads."""
+        with self._threads_lock:
+            requests = list(self._requests)
+            threads = list(self._request_threads)
+        for request in requests:
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in threads:
+            t.join(timeout)
+            if t.is_alive():
+                log.warning("thread %s did not stop within %.1f s", t.name, timeout)
+
+
+def json_body(obj, status: HTTPStatus = HTTPStatus.OK):
+    body = json.dumps(obj, indent=1).encode()
+    return status, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], body
+
+
+def parse_ws_options(query: str, offered: list[str]) -> tuple[Options, str | None]:
+    """The client's options from the handshake URL and the subprotocol to answer."""
+    params = parse_qs(query, keep_blank_values=True)
+    known = {"format", "history", "since", "run", "token"}
+    for key in params:
+        if key not in known:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown parameter {key!r} (known: {', '.join(sorted(known))})")
+
+    def one(key):
+        values = params.get(key)
+        return values[-1] if values else None
+
+    def count(key):
+        value = one(key)
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"{key} must be a whole number >= 0, not {value!r}")
+        return int(value)
+
+    fmt = one("format")
+    chosen = None
+    ours = [p for p in offered if p in FORMATS]
+    if fmt is None and ours:
+        fmt = ours[0]
+    if offered:
+        # Answer a subprotocol whenever one is offered: a browser fails the connection
+        # if none is echoed. Prefer the one that names our format.
+        chosen = fmt if fmt in offered else offered[0]
+    fmt = fmt or "text"
+    if fmt not in FORMATS:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return Options(fmt=fmt, history=count("history"), since=count("since"), run=one("run")), chosen
+
+
+def peer_of(environ) -> str:
+    sock = environ.get("ws4py.socket")
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except (OSError, AttributeError):
+        return environ.get("REMOTE_ADDR", "?")
+
+
+class GatewayApp:
+    """The WSGI application: routes, and the WebSocket handshake for /ws/NAME."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        try:
+            if path.startswith("/ws/"):
+                return self.websocket(environ, start_response, path[4:])
+            if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "only GET here")
+            status, headers, body = self.route(path)
+        except HttpError as exc:
+            status, headers, body = exc.status, [("Content-Type", "text/plain; charset=utf-8")], (exc.message + "\n").encode()
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status.value} {status.phrase}", headers)
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    def route(self, path: str):
+        gw = self.gateway
+        if path == "/healthz":
+            return json_body({"status": "ok", "devices": {name: link.state.value for name, link in gw.links.items()}})
+        if path == "/api/devices":
+            return json_body(gw.describe_devices())
+        if path in ("/", "/index.html"):
+            return self.static("index.html")
+        if path.startswith("/static/"):
+            return self.static(path[len("/static/"):])
+        raise HttpError(HTTPStatus.NOT_FOUND, f"no such route: {path}")
+
+    def static(self, name: str):
+        if not name or "/" in name.replace("vendor/", "", 1) or name.startswith(".") or ".." in name:
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
+        ext = name[name.rfind("."):] if "." in name else ""
+        ctype = STATIC_TYPES.get(ext)
+        try:
+            body = resources.files("gateway").joinpath("static", *name.split("/")).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such file: {name}") from None
+        if ctype is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
+        return HTTPStatus.OK, [("Content-Type", ctype), ("Cache-Control", "no-cache")], body
+
+    def websocket(self, environ, start_response, name: str):
+        gw = self.gateway
+        link = gw.links.get(name)
+        if link is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r} (devices: {', '.join(gw.links)})")
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            raise HttpError(HTTPStatus.BAD_REQUEST, "this is a WebSocket endpoint: connect with a WebSocket client")
+        offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
+        options, chosen = parse_ws_options(environ.get("QUERY_STRING", ""), offered)
+        if gw.client_count() >= gw.config.limits.max_clients:
+            gw.metrics_refused += 1
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
+        client = gw.new_client(link, options, peer_of(environ))
+        environ.update(gw.socket_environ(client))
+        ws_app = WebSocketWSGIApplication(protocols=[chosen] if chosen else None, handler_cls=gw.socket_class)
+        try:
+            result = ws_app(environ, start_response)
+        except HandshakeError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad WebSocket handshake: {exc}") from None
+        self_sock = environ.get("ws4py.socket")
+        if self_sock is not None:
+            gw.server.mark_upgraded(self_sock)
+        return result

@@ -1,0 +1,119 @@
+"""The simulated device's line protocol (SPEC section 7), with no I/O.
+
+`SimulatedDevice.handle(line)` returns the lines the device answers; `telemetry_due(now)`
+says when the periodic telemetry line is owed. The in-process transport (`sim://`) and
+the standalone simulator (`python -m gateway.simulator`) both drive this one class, and
+the sample firmware in `firmware_notes/` answers the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+KEYS = ("temp", "hum", "led", "uptime")
+MAX_GO = 10_000_000
+
+
+def go_lines(count: int) -> Iterator[str]:
+    """The `GO N` burst: `t=<i> v=<value>` for i = 1..N."""
+    for i in range(1, count + 1):
+        yield f"t={i} v={math.sin(i / 100):.4f}"
+
+
+class SimulatedDevice:
+    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        if interval < 0:
+            raise ValueError("interval must be >= 0")
+        self.clock = clock
+        self.started = clock()
+        self.interval = float(interval)
+        self.led = 0
+        self._next_telemetry = self.started + self.interval
+
+    # -- values -----------------------------------------------------------------------
+
+    def uptime(self) -> int:
+        return int(self.clock() - self.started)
+
+    def value(self, key: str) -> str:
+        t = self.clock() - self.started
+        if key == "temp":
+            return f"{21.5 + 1.5 * math.sin(t / 30):.2f}"
+        if key == "hum":
+            return f"{40 + 5 * math.sin(t / 50):.1f}"
+        if key == "led":
+            return str(self.led)
+        if key == "uptime":
+            return str(int(t))
+        raise KeyError(key)
+
+    def telemetry_line(self) -> str:
+        return " ".join(f"{key}={self.value(key)}" for key in KEYS)
+
+    # -- periodic telemetry -----------------------------------------------------------
+
+    def seconds_to_telemetry(self) -> float | None:
+        """Seconds until the next telemetry line, or None when it is off."""
+        if self.interval <= 0:
+            return None
+        return max(0.0, self._next_telemetry - self.clock())
+
+    def telemetry_due(self) -> str | None:
+        """The telemetry line if it is due now (and schedule the next one)."""
+        if self.interval <= 0:
+            return None
+        now = self.clock()
+        if now < self._next_telemetry:
+            return None
+        self._next_telemetry += self.interval
+        if self._next_telemetry < now:  # we were not asked for a while: do not catch up
+            self._next_telemetry = now + self.interval
+        return self.telemetry_line()
+
+    # -- commands ---------------------------------------------------------------------
+
+    def handle(self, line: str) -> Iterable[str]:
+        """The lines the device answers to `line` (an iterator for `GO N`)."""
+        words = line.strip().split(" ", 1)
+        cmd = words[0].upper()
+        arg = words[1].strip() if len(words) > 1 else ""
+        if cmd == "PING" and not arg:
+            return ["PONG"]
+        if cmd == "ECHO":
+            # ECHO <text> answers <text> exactly as sent after the first space.
+            return [line.split(" ", 1)[1] if " " in line else ""]
+        if cmd == "LED" and arg.upper() in ("ON", "OFF"):
+            self.led = 1 if arg.upper() == "ON" else 0
+            return [f"OK LED {arg.upper()}", f"led={self.led}"]
+        if cmd == "GET" and arg:
+            try:
+                return [f"{arg}={self.value(arg)}"]
+            except KeyError:
+                return [f"ERR unknown key: {arg}"]
+        if cmd == "SET":
+            return self._set(arg)
+        if cmd == "GO":
+            try:
+                count = int(arg)
+            except ValueError:
+                return [f"ERR bad count: {arg}"]
+            if not 0 <= count <= MAX_GO:
+                return [f"ERR bad count: {arg}"]
+            return go_lines(count)
+        return [f"ERR unknown command: {line}"]
+
+    def _set(self, arg: str) -> list[str]:
+        parts = arg.split()
+        if len(parts) != 2 or parts[0] != "interval":
+            return [f"ERR unknown setting: {arg}"]
+        try:
+            interval = float(parts[1])
+        except ValueError:
+            return [f"ERR bad interval: {parts[1]}"]
+        if not math.isfinite(interval) or interval < 0:
+            return [f"ERR bad interval: {parts[1]}"]
+        self.interval = interval
+        self._next_telemetry = self.clock() + interval
+        return [f"OK interval {parts[1]}"]

@@ -1,0 +1,119 @@
+"""Serial ports and every pyserial URL handler, through `serial.serial_for_url`.
+
+`serial:///dev/ttyUSB0?baudrate=115200` opens the path with the given settings;
+`socket://`, `rfc2217://`, `loop://`, `spy://` and `hwgrep://` URLs go to pyserial as
+they are, so ptys, USB adapters found by id and RFC 2217 servers come for free.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import SplitResult
+
+import serial
+
+from .base import READ_TIMEOUT, Transport, TransportError, WriteTimeout
+
+PYSERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "hwgrep")
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True,
+         "0": False, "false": False, "no": False, "off": False}
+
+
+def _serial_settings(options: dict[str, str]) -> dict:
+    """The `serial://` query, checked and converted to `serial_for_url` arguments."""
+    settings: dict = {}
+    for key, value in options.items():
+        if key == "baudrate":
+            settings[key] = int(value)
+            if settings[key] <= 0:
+                raise ValueError(f"baudrate must be positive, not {value!r}")
+        elif key == "bytesize":
+            if value not in ("5", "6", "7", "8"):
+                raise ValueError(f"bytesize must be 5, 6, 7 or 8, not {value!r}")
+            settings[key] = int(value)
+        elif key == "parity":
+            if value.upper() not in serial.PARITY_NAMES:
+                raise ValueError(f"parity must be one of N, E, O, M, S, not {value!r}")
+            settings[key] = value.upper()
+        elif key == "stopbits":
+            if value not in ("1", "1.5", "2"):
+                raise ValueError(f"stopbits must be 1, 1.5 or 2, not {value!r}")
+            settings[key] = float(value) if value == "1.5" else int(value)
+        elif key in ("rtscts", "xonxoff", "dsrdtr", "exclusive"):
+            if value.lower() not in _BOOL:
+                raise ValueError(f"{key} must be true or false, not {value!r}")
+            settings[key] = _BOOL[value.lower()]
+        else:
+            raise ValueError(f"unknown serial option {key!r}")
+    return settings
+
+
+class SerialTransport(Transport):
+    def __init__(self, url: SplitResult, options: dict[str, str]):
+        super().__init__(url, options)
+        if url.scheme == "serial":
+            if url.netloc or not url.path:
+                raise ValueError("a serial URL names a device path: serial:///dev/ttyUSB0")
+            self.port_name = url.path
+            self.settings = _serial_settings(options)
+        else:
+            # pyserial parses and checks its own query when the port opens.
+            query = "&".join(f"{k}={v}" for k, v in options.items())
+            self.port_name = f"{url.scheme}://{url.netloc}{url.path}" + (f"?{query}" if query else "")
+            self.settings = {}
+        self.port: serial.SerialBase | None = None
+
+    def open(self) -> None:
+        try:
+            self.port = serial.serial_for_url(
+                self.port_name, timeout=READ_TIMEOUT, write_timeout=5.0, **self.settings
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise TransportError(str(exc)) from None
+
+    def read(self) -> bytes:
+        port = self.port
+        if port is None:
+            raise TransportError("port is closed")
+        try:
+            # One byte (blocking up to the timeout), then whatever else is waiting.
+            data = port.read(1)
+            if data:
+                waiting = port.in_waiting
+                if waiting:
+                    data += port.read(waiting)
+            return data
+        except (serial.SerialException, OSError) as exc:
+            # A pty whose far end closed raises SerialException on read and a raw
+            # OSError (EIO) from in_waiting; socket:// raises on peer close.
+            raise TransportError(str(exc) or type(exc).__name__) from None
+
+    def write(self, data: bytes) -> None:
+        port = self.port
+        if port is None:
+            raise TransportError("port is closed")
+        try:
+            port.write(data)
+        except serial.SerialTimeoutException:
+            raise WriteTimeout("device did not take the line within 5 s") from None
+        except (serial.SerialException, OSError) as exc:
+            raise TransportError(str(exc) or type(exc).__name__) from None
+
+    def cancel(self) -> None:
+        port = self.port
+        if port is not None and hasattr(port, "cancel_read"):
+            try:
+                port.cancel_read()
+            except (serial.SerialException, OSError, AttributeError):
+                pass
+
+    def close(self) -> None:
+        port, self.port = self.port, None
+        if port is not None:
+            try:
+                port.close()
+            except (serial.SerialException, OSError):
+                pass
+
+    def describe(self) -> str:
+        return self.port_name
