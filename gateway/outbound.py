@@ -73,8 +73,9 @@ class Outbox:
                 self.dead = self.overflow = True
                 self.drop_code, self.drop_reason = 1008, "outbound queue overflow"
                 self.frames = []
-                schedule = not self.scheduled
-                self.scheduled = True
+                # Always: the Sender may be waiting for this socket to drain, which a
+                # stalled client never does.
+                schedule = self.scheduled = True
                 result = False
             else:
                 self.frames.extend(items)
@@ -95,8 +96,7 @@ class Outbox:
             self.dead = True
             self.drop_code, self.drop_reason = code, reason
             self.frames = []
-            schedule = not self.scheduled
-            self.scheduled = True
+            schedule = self.scheduled = True
         if schedule:
             self.sender.schedule(self)
 
@@ -104,8 +104,7 @@ class Outbox:
         """The connection is over: send what is queued, then close the socket."""
         with self.lock:
             self.finished = True
-            schedule = not self.scheduled
-            self.scheduled = True
+            schedule = self.scheduled = True  # always: see put_many
         if schedule:
             self.sender.schedule(self)
 
@@ -125,6 +124,7 @@ class Sender(threading.Thread):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._signalled = False
+        self._closed = False
         self._epoll = select.epoll()
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._writable: dict[int, Outbox] = {}  # waiting for EPOLLOUT (Sender only)
@@ -147,6 +147,8 @@ class Sender(threading.Thread):
         return ob
 
     def schedule(self, ob: Outbox) -> None:
+        if self._closed:
+            return
         self._ready.append(ob)
         if not self._signalled:
             self._signalled = True
@@ -163,16 +165,18 @@ class Sender(threading.Thread):
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        self.schedule_wake()
-        self.join(timeout)
+        if self.ident is not None:
+            os.write(self._wake_w, b"x")
+            self.join(timeout)
         if self.is_alive():
             log.warning("sender thread did not stop within %.1f s", timeout)
-
-    def schedule_wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+            return
+        # Closed here, after the join, and never while a late put() could write to it:
+        # a closed descriptor number is soon reused by another socket.
+        self._closed = True
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     # -- the Sender thread ------------------------------------------------------------
 
@@ -182,9 +186,6 @@ class Sender(threading.Thread):
         finally:
             for ob in self.outboxes():
                 self._close(ob)
-            self._epoll.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _loop(self) -> None:
         next_tick = time.monotonic() + TICK

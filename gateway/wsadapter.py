@@ -42,13 +42,13 @@ class ClientSocket(WebSocket):
 
     def __init__(self, sock, protocols=None, extensions=None, environ=None):
         super().__init__(sock, protocols, extensions, environ)
-        self.client: Client = client = environ["gateway.client"]
+        self.client: Client = environ["gateway.client"]
         self.sender: Sender = environ["gateway.sender"]
         self.max_message: int = environ["gateway.max_message"]
         self.queue_limit: int = environ["gateway.queue"]
         self.registry = environ["gateway.registry"]  # the Gateway: adopt() / forget()
         self.outbox = None
-        self.label = client.peer
+        self.label = self.client.peer
         # Do not keep the WSGI environ (and its copies) alive for the whole connection.
         self.environ = None
 

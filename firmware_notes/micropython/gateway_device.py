@@ -367,7 +367,8 @@ def run_serial(device):
         stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
 
         def read():
-            return stream.read(1)
+            data = stream.read(1)
+            return data.encode() if isinstance(data, str) else data
 
         def send(line):
             sys.stdout.write(line + EOL)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real gateway on 127.0.0.1 and a free port, and waiting helpers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import replace
+from urllib.parse import urlencode
+
+import pytest
+
+from gateway.config import Config, LimitsConfig, ServerConfig, apply_flags
+
+GATEWAY_THREAD_PREFIXES = ("device-rx:", "device-tx:", "ws-tx", "WebSocketManager", "http:", "http-accept", "sim-")
+
+
+def gateway_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(GATEWAY_THREAD_PREFIXES)]
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):
+    """Poll `predicate` until it returns something true, or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ws_url(gw, device: str = "sim", **params) -> str:
+    host, port = gw.address
+    query = f"?{urlencode(params)}" if params else ""
+    return f"ws://{host}:{port}/ws/{device}{query}"
+
+
+@pytest.fixture
+def start_gateway():
+    """start_gateway(devices=[...], limits={...}, server={...}) -> a started Gateway.
+
+    Devices are `NAME=URL` strings as for `--device`; the default is one simulator
+    with its periodic telemetry off, so tests see only the lines they asked for.
+    """
+    from gateway.app import Gateway
+
+    started = []
+
+    def start(devices=("sim=sim://?interval=0",), limits=None, server=None, wait_connected=True):
+        config = Config(server=replace(ServerConfig(), **(server or {})), limits=replace(LimitsConfig(), **(limits or {})))
+        config = apply_flags(config, "127.0.0.1", (server or {}).get("port", 0), list(devices))
+        gw = Gateway(config).start()
+        started.append(gw)
+        if wait_connected:
+            for link in gw.links.values():
+                if link.config.kind in ("sim", "loop"):
+                    assert link.wait_connected(5), f"device {link.name} did not connect"
+        return gw
+
+    yield start
+    for gw in started:
+        gw.shutdown()
+    assert_no_gateway_threads()
+
+
+def assert_no_gateway_threads(timeout: float = 5.0) -> None:
+    try:
+        wait_for(lambda: not gateway_threads(), timeout, what="gateway threads to end")
+    except AssertionError:
+        raise AssertionError(f"threads left after shutdown: {gateway_threads()}") from None
