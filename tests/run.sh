@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 apt_packages=()
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
+[ -x /usr/bin/chromium ] || apt_packages+=(chromium fonts-dejavu-core)  # the page tests (Playwright)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "tests/run.sh: installing Debian packages: ${apt_packages[*]}"
   apt-get update -qq

@@ -329,11 +329,17 @@ class TcpClientPeer(StreamPeer):
         self.url = f"tcp-listen://127.0.0.1:{self.port}"
 
     def connect(self, transport) -> None:
-        # No device yet: the transport listens and says so, without blocking long.
-        with pytest.raises(NotConnectedYet):
-            transport.open()
-        self.attach()
-        transport.open()
+        # The device dials (retrying until the transport listens) while the transport
+        # waits for it; open() says NotConnectedYet until the call came.
+        dialer = BackgroundCall(self.attach, name="test-dial")
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                transport.open()
+                break
+            except NotConnectedYet:
+                assert time.monotonic() < deadline, "the device's dial-in was not accepted"
+        dialer.result()
 
     def dial(self, timeout: float = 5.0) -> socket.socket:
         """Dial the transport, retrying while it is not listening yet."""

@@ -24,8 +24,8 @@ def go_lines(count: int) -> Iterator[str]:
 
 class SimulatedDevice:
     def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
-        if interval < 0:
-            raise ValueError("interval must be >= 0")
+        if not math.isfinite(interval) or interval < 0:
+            raise ValueError("interval must be a finite number of seconds >= 0")
         self.clock = clock
         self.started = clock()
         self.interval = float(interval)
@@ -68,7 +68,7 @@ class SimulatedDevice:
         if now < self._next_telemetry:
             return None
         self._next_telemetry += self.interval
-        if self._next_telemetry < now:  # we were not asked for a while: do not catch up
+        if self._next_telemetry <= now:  # we were not asked for a while: do not catch up
             self._next_telemetry = now + self.interval
         return self.telemetry_line()
 

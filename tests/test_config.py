@@ -1,0 +1,99 @@
+"""Config: TOML and flags into frozen dataclasses; every mistake names file, key, value."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Button, Config, ConfigError, apply_flags, from_dict, load_file
+
+CONFIG_DIR = Path(__file__).parent.parent / "config"
+
+
+def test_defaults_serve_the_simulator():
+    config = apply_flags(Config(), None, None, [])
+    assert config.server.host == "127.0.0.1" and config.server.port == 8765
+    assert [(d.name, d.url) for d in config.devices] == [("sim", "sim://")]
+    assert config.limits.max_message == 65536 and config.limits.queue == 10000
+
+
+def test_full_device_table():
+    config = from_dict({
+        "server": {"host": "0.0.0.0", "port": 9000, "ping_interval": 5},
+        "limits": {"queue": 50},
+        "device": [{"name": "esp", "url": "serial:///dev/ttyUSB0?baudrate=115200", "eol": "crlf",
+                    "pace_ms": 5, "buttons": [{"label": "On", "line": "LED ON"}]}],
+    }, "f.toml")
+    (dev,) = config.devices
+    assert dev.eol_bytes == b"\r\n" and dev.pace_ms == 5 and dev.kind == "serial"
+    assert dev.buttons == (Button("On", "LED ON"),)
+    assert config.server.ping_interval == 5.0 and config.limits.queue == 50
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dev.eol = "lf"
+
+
+def test_device_options_in_the_url_query():
+    (dev,) = from_dict({"device": [{"name": "u", "url": "tcp://10.0.0.5:2323?eol=cr&max_line=256&history=5"}]}, "f").devices
+    assert (dev.eol, dev.max_line, dev.history) == ("cr", 256, 5)
+
+
+@pytest.mark.parametrize("data, key, value", [
+    ({"sever": {}}, "sever", "{}"),
+    ({"server": {"port": "80"}}, "server.port", "'80'"),
+    ({"server": {"port": 70000}}, "server.port", "70000"),
+    ({"server": {"colour": 1}}, "server.colour", "1"),
+    ({"limits": {"queue": 0}}, "limits.queue", "0"),
+    ({"device": [{"url": "sim://"}]}, "device[0].name", "None"),
+    ({"device": [{"name": "a b", "url": "sim://"}]}, "device[0].name", "'a b'"),
+    ({"device": [{"name": "a", "url": "sim://", "eol": "lfcr"}]}, "device[0].eol", "'lfcr'"),
+    ({"device": [{"name": "a", "url": "sim://", "encoding": "klingon"}]}, "device[0].encoding", "'klingon'"),
+    ({"device": [{"name": "a", "url": "sim://", "max_line": 0}]}, "device[0].max_line", "0"),
+    ({"device": [{"name": "a", "url": "sim://", "baud": 9600}]}, "device[0].baud", "9600"),
+    ({"device": [{"name": "a", "url": "gopher://x"}]}, "device[0].url", "'gopher://x'"),
+    ({"device": [{"name": "a", "url": "tcp://nohost"}]}, "device[0].url", "'tcp://nohost'"),
+    ({"device": [{"name": "a", "url": "udp://h:1?bind=nope"}]}, "device[0].url", "'udp://h:1?bind=nope'"),
+    ({"device": [{"name": "a", "url": "serial:///dev/x?baudrate=fast"}]}, "device[0].url", "baudrate=fast"),
+    ({"device": [{"name": "a", "url": "sim://?interval=-1"}]}, "device[0].url", "interval=-1"),
+    ({"device": [{"name": "a", "url": "sim://?max_line=x"}]}, "device[0].url", "max_line=x"),
+    ({"device": [{"name": "a", "url": "sim://", "buttons": [{"label": "x"}]}]}, "device[0].buttons[0]", "{'label': 'x'}"),
+    ({"device": [{"name": "a", "url": "sim://"}, {"name": "a", "url": "loop://"}]}, "device[1].name", "'a'"),
+])
+def test_errors_name_file_key_and_value(data, key, value):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data, "gw.toml")
+    message = str(err.value)
+    assert message.startswith(f"gw.toml: {key} = ")
+    assert value in message
+    assert "\n" not in message
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('[server]\nport = 9000\n[[device]]\nname = "esp"\nurl = "tcp://127.0.0.1:2323"\n')
+    config = apply_flags(load_file(str(path)), "0.0.0.0", 0, ["esp=loop://", "sim=sim://"])
+    assert config.server.host == "0.0.0.0" and config.server.port == 0
+    assert [(d.name, d.url) for d in config.devices] == [("esp", "loop://"), ("sim", "sim://")]
+
+
+def test_bad_device_flag():
+    with pytest.raises(ConfigError, match="NAME=URL"):
+        apply_flags(Config(), None, None, ["justaname"])
+    with pytest.raises(ConfigError, match="--device: url = 'nope://'"):
+        apply_flags(Config(), None, None, ["x=nope://"])
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_file(str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_file(str(bad))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_examples_load(path):
+    config = load_file(str(path))
+    assert config.devices, f"{path.name} configures no device"
