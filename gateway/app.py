@@ -27,6 +27,7 @@ from .device import DeviceLink
 from .hub import Hub
 from .outbound import Sender
 from .server import GatewayApp, HTTPServer
+from .sinks import build_sinks
 from .wsadapter import ClientSocket
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class Gateway:
         for dev in config.devices:
             hub = Hub(dev.name, self.run_id, dev.history)
             self.links[dev.name] = DeviceLink(dev, hub, transports.create(dev.url))
+        self.sinks = build_sinks(self)
+        for link in self.links.values():
+            link.hub.listeners.extend(self.sinks)
         self.sender = Sender(config.server.ping_interval)
         self.manager: WebSocketManager | None = None
         self.server: HTTPServer | None = None
@@ -69,6 +73,8 @@ class Gateway:
         self.server.manager = self.manager  # ws4py's handler adds sockets through it
         self.sender.start()
         self.manager.start()
+        for sink in self.sinks:
+            sink.start()
         for link in self.links.values():
             link.start()
         self._accept_thread = threading.Thread(
@@ -110,6 +116,8 @@ class Gateway:
         self.manager.join(timeout)
         for link in self.links.values():
             link.stop(timeout)
+        for sink in self.sinks:
+            sink.stop(timeout)
         self.sender.stop(timeout)
         self.server.server_close()
         self.server = None

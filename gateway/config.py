@@ -40,6 +40,8 @@ class DeviceConfig:
     pace_ms: int = 0
     history: int = 1000
     buttons: tuple[Button, ...] = ()
+    record: str = ""  # path of a JSON-lines recording of the device's lines ("" = off)
+    allow: tuple[str, ...] = ()  # regular expressions a client line must match (empty = any)
 
     @property
     def kind(self) -> str:
@@ -56,6 +58,34 @@ class ServerConfig:
     port: int = 8765
     ping_interval: float = 20.0
     handshake_timeout: float = 10.0
+    certfile: str = ""  # with keyfile: serve https:// and wss:// on the same port
+    keyfile: str = ""
+
+
+@dataclass(frozen=True)
+class Token:
+    token: str
+    role: str  # "view" (receive only) or "control" (receive and send)
+
+
+ROLES = ("view", "control")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    tokens: tuple[Token, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = ""  # mqtt://HOST:PORT; "" = no MQTT sink
+    prefix: str = "gateway"
+    client_id: str = ""  # "" = gateway-<run id>
+    keepalive: int = 30
+    buffer: int = 1000  # messages held while the broker is away; beyond that, counted drops
+    discovery: bool = False  # Home Assistant MQTT discovery for numeric telemetry keys
+    discovery_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,8 @@ class LimitsConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "defaults"
 
@@ -81,7 +113,7 @@ def _fail(where: str, key: str, value: object, why: str) -> ConfigError:
     return ConfigError(f"{where}: {key} = {value!r}: {why}")
 
 
-_TYPES = {"str": str, "int": int, "float": float}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 def _typed(cls, table: dict, where: str, prefix: str, overrides: dict | None = None):
@@ -94,7 +126,7 @@ def _typed(cls, table: dict, where: str, prefix: str, overrides: dict | None = N
         want = known[key]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, want) or isinstance(value, bool):
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             raise _fail(where, f"{prefix}{key}", value, f"expected {want.__name__}")
         values[key] = value
     if overrides:
@@ -151,8 +183,17 @@ def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
         if not isinstance(b, dict) or set(b) != {"label", "line"} or not all(isinstance(v, str) for v in b.values()):
             raise _fail(where, f"{prefix}buttons[{i}]", b, "expected { label = \"...\", line = \"...\" }")
         parsed_buttons.append(Button(b["label"], b["line"]))
-    rest = {k: v for k, v in table.items() if k != "buttons"}
-    dev = _typed(DeviceConfig, {**merged, **rest}, where, prefix, {"buttons": tuple(parsed_buttons)})
+    allow = table.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(p, str) for p in allow):
+        raise _fail(where, f"{prefix}allow", allow, "expected a list of regular expressions")
+    for pattern in allow:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise _fail(where, f"{prefix}allow", pattern, f"not a regular expression: {exc}") from None
+    rest = {k: v for k, v in table.items() if k not in ("buttons", "allow")}
+    dev = _typed(DeviceConfig, {**merged, **rest}, where, prefix,
+                 {"buttons": tuple(parsed_buttons), "allow": tuple(allow)})
     _check_device_values(dev, where, prefix)
     return dev
 
@@ -162,6 +203,9 @@ def _check_server(server: ServerConfig, where: str) -> None:
         raise _fail(where, "server.port", server.port, "expected 0 to 65535")
     if server.ping_interval < 0:
         raise _fail(where, "server.ping_interval", server.ping_interval, "expected seconds >= 0 (0 turns pings off)")
+    if bool(server.certfile) != bool(server.keyfile):
+        raise _fail(where, "server.certfile" if not server.certfile else "server.keyfile", "",
+                    "certfile and keyfile go together")
     if server.handshake_timeout <= 0:
         raise _fail(where, "server.handshake_timeout", server.handshake_timeout, "expected seconds > 0")
 
@@ -174,8 +218,37 @@ def _check_limits(limits: LimitsConfig, where: str) -> None:
         raise _fail(where, "limits.lines_per_second", limits.lines_per_second, "expected >= 0 (0 is off)")
 
 
+def _auth_from(table: dict, where: str) -> AuthConfig:
+    for key in table:
+        if key not in ("tokens", "allowed_origins"):
+            raise _fail(where, f"auth.{key}", table[key], "unknown key (known: tokens, allowed_origins)")
+    tokens = table.get("tokens", [])
+    if not isinstance(tokens, list):
+        raise _fail(where, "auth.tokens", tokens, 'expected a list of { token = "...", role = "view" | "control" }')
+    parsed = []
+    for i, t in enumerate(tokens):
+        if not isinstance(t, dict) or set(t) != {"token", "role"} or not all(isinstance(v, str) for v in t.values()):
+            raise _fail(where, f"auth.tokens[{i}]", t, 'expected { token = "...", role = "view" | "control" }')
+        if t["role"] not in ROLES:
+            raise _fail(where, f"auth.tokens[{i}].role", t["role"], "expected view or control")
+        if len(t["token"]) < 4:
+            raise _fail(where, f"auth.tokens[{i}].token", t["token"], "too short (at least 4 characters)")
+        parsed.append(Token(t["token"], t["role"]))
+    origins = table.get("allowed_origins", [])
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise _fail(where, "auth.allowed_origins", origins, 'expected a list such as ["https://dash.example.com"]')
+    return AuthConfig(tokens=tuple(parsed), allowed_origins=tuple(o.rstrip("/") for o in origins))
+
+
+def _check_mqtt(mqtt: MqttConfig, where: str) -> None:
+    if mqtt.url and not mqtt.url.startswith(("mqtt://", "mqtts://")):
+        raise _fail(where, "mqtt.url", mqtt.url, "expected mqtt://HOST:PORT")
+    if not mqtt.prefix or any(c in mqtt.prefix for c in "#+") or mqtt.prefix.startswith("/"):
+        raise _fail(where, "mqtt.prefix", mqtt.prefix, "expected a topic prefix without wildcards")
+
+
 def from_dict(data: dict, where: str) -> Config:
-    sections = {"server", "limits", "device"}
+    sections = {"server", "limits", "device", "auth", "mqtt"}
     for key in data:
         if key not in sections:
             raise _fail(where, key, data[key], f"unknown section (known: {', '.join(sorted(sections))})")
@@ -183,6 +256,9 @@ def from_dict(data: dict, where: str) -> Config:
     _check_server(server, where)
     limits = _typed(LimitsConfig, _table(data, "limits", where), where, "limits.")
     _check_limits(limits, where)
+    auth = _auth_from(_table(data, "auth", where), where)
+    mqtt = _typed(MqttConfig, _table(data, "mqtt", where), where, "mqtt.")
+    _check_mqtt(mqtt, where)
     raw_devices = data.get("device", [])
     if not isinstance(raw_devices, list):
         raise _fail(where, "device", raw_devices, "expected [[device]] tables")
@@ -192,7 +268,7 @@ def from_dict(data: dict, where: str) -> Config:
             raise _fail(where, f"device[{i}]", table, "expected a table")
         devices.append(device_from(table, where, f"device[{i}]."))
     _check_unique(devices, where)
-    return Config(server=server, limits=limits, devices=tuple(devices), source=where)
+    return Config(server=server, limits=limits, auth=auth, mqtt=mqtt, devices=tuple(devices), source=where)
 
 
 def _table(data: dict, key: str, where: str) -> dict:

@@ -132,9 +132,12 @@ class DeviceLink:
             except NotConnectedYet:
                 self._set_state(State.RECONNECTING)
                 continue
-            except TransportError as exc:
+            except Exception as exc:  # TransportError, or a bug: retry either way
                 if not failed_before:
-                    log.warning("device %s: cannot open %s: %s (retrying with backoff)", self.name, transport.describe(), exc)
+                    if isinstance(exc, TransportError):
+                        log.warning("device %s: cannot open %s: %s (retrying with backoff)", self.name, transport.describe(), exc)
+                    else:
+                        log.exception("device %s: opening %s failed (retrying with backoff)", self.name, transport.describe())
                     failed_before = True
                 self._set_state(State.RECONNECTING)
                 self._stop.wait(backoff)

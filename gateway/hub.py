@@ -38,6 +38,18 @@ class Subscriber(Protocol):
     def deliver(self, items: list[bytes]) -> None: ...
 
 
+class Listener(Protocol):
+    """A telemetry sink, metrics or a recording, fed by every hub it is added to.
+
+    Both methods run on the device's reader thread, `on_records` under the hub lock:
+    they may only queue (each sink has its own queue and thread), never block.
+    """
+
+    def on_records(self, device: str, records: list["Record"]) -> None: ...
+
+    def on_state(self, device: str, state: State) -> None: ...
+
+
 class Record:
     """A numbered device line and its frames, each built at most once."""
 
@@ -89,6 +101,7 @@ class Hub:
         self.partial = b""  # bytes of the line the device is in the middle of
         self._subs: dict[str, list[Subscriber]] = {fmt: [] for fmt in FORMATS}
         self._reply_to: tuple[Subscriber, object, threading.Event] | None = None
+        self.listeners: list[Listener] = []  # set before the device starts
 
     # -- clients --------------------------------------------------------------------
 
@@ -193,6 +206,9 @@ class Hub:
                 if items:
                     for sub in subs:
                         sub.deliver(items)
+            if records:
+                for listener in self.listeners:
+                    listener.on_records(self.device, records)
 
     def publish_status(self, state: State) -> None:
         with self.lock:
@@ -200,6 +216,8 @@ class Hub:
                 return
             self.state = state
             subs = list(self._subs["json"])
+            for listener in self.listeners:
+                listener.on_state(self.device, state)
         if subs:
             item = [_json_frame({"type": "status", "device": self.device, "state": state.value})]
             for sub in subs:

@@ -204,6 +204,11 @@ class GatewayApp:
             return json_body({"status": "ok", "devices": {name: link.state.value for name, link in gw.links.items()}})
         if path == "/api/devices":
             return json_body(gw.describe_devices())
+        if path == "/metrics":
+            from . import metrics  # prometheus_client is imported only when scraped
+
+            body, ctype = metrics.render(gw)
+            return HTTPStatus.OK, [("Content-Type", ctype)], body
         if path in ("/", "/index.html"):
             return self.static("index.html")
         if path.startswith("/static/"):

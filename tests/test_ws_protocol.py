@@ -375,3 +375,36 @@ def test_shutdown_closes_clients_with_1001(start_gateway):
     done.join(10)
     assert not done.is_alive()
     wait_for(lambda: gw.server is None, what="gateway to stop")
+
+
+def test_keepalive_pings_and_drops_a_client_that_does_not_answer(start_gateway):
+    gw = start_gateway(server={"ping_interval": 0.3})
+    alive = connect(gw)
+    silent = socket.create_connection(gw.address)  # completes the handshake, then never reads
+    silent.sendall(b"GET /ws/sim HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    wait_for(lambda: gw.client_count() == 2, what="2 clients")
+    # websocket-client answers each ping inside recv(); keep it reading for a while.
+    alive.settimeout(0.2)
+    pings = 0
+    deadline = threading.Event()
+    timer = threading.Timer(3.0, deadline.set)
+    timer.start()
+    while not deadline.is_set():
+        try:
+            frame = alive.recv_frame()
+        except websocket.WebSocketTimeoutException:
+            continue
+        if frame.opcode == websocket.ABNF.OPCODE_PING:
+            pings += 1
+            alive.pong(frame.data)
+    timer.cancel()
+    assert pings >= 3
+    assert gw.client_count() == 1 and gw.sender.keepalive_drops == 1
+    alive.settimeout(5)
+    alive.send("PING")
+    while (msg := alive.recv_frame()).opcode != websocket.ABNF.OPCODE_TEXT:
+        pass
+    assert msg.data == b"PONG"
+    alive.close()
+    silent.close()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import SplitResult
 
+import select
+
 import serial
 
 from .base import READ_TIMEOUT, Transport, TransportError, WriteTimeout
 
-PYSERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "hwgrep")
+RECV_SIZE = 65536
+WRITE_TIMEOUT = 5.0
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True,
          "0": False, "false": False, "no": False, "off": False}
@@ -24,9 +27,9 @@ def _serial_settings(options: dict[str, str]) -> dict:
     settings: dict = {}
     for key, value in options.items():
         if key == "baudrate":
+            if not value.isdigit() or int(value) <= 0:
+                raise ValueError(f"baudrate must be a positive whole number, not {value!r}")
             settings[key] = int(value)
-            if settings[key] <= 0:
-                raise ValueError(f"baudrate must be positive, not {value!r}")
         elif key == "bytesize":
             if value not in ("5", "6", "7", "8"):
                 raise ValueError(f"bytesize must be 5, 6, 7 or 8, not {value!r}")
@@ -61,29 +64,46 @@ class SerialTransport(Transport):
             query = "&".join(f"{k}={v}" for k, v in options.items())
             self.port_name = f"{url.scheme}://{url.netloc}{url.path}" + (f"?{query}" if query else "")
             self.settings = {}
+        # A real port gets a write deadline; pyserial's loop:// turns one into a refusal
+        # of any write longer than the deadline at its emulated baud rate.
+        self.write_timeout = WRITE_TIMEOUT if url.scheme in ("serial", "hwgrep") else None
         self.port: serial.SerialBase | None = None
+        self.fd: int | None = None
 
     def open(self) -> None:
         try:
-            self.port = serial.serial_for_url(
-                self.port_name, timeout=READ_TIMEOUT, write_timeout=5.0, **self.settings
-            )
+            port = serial.serial_for_url(self.port_name, timeout=READ_TIMEOUT,
+                                         write_timeout=self.write_timeout, **self.settings)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise TransportError(str(exc)) from None
+        try:
+            self.fd = port.fileno()
+        except (AttributeError, NotImplementedError, OSError, ValueError):
+            self.fd = None
+        if self.fd is not None:
+            # We wait for data with select() and then take all that is there in one
+            # read: pyserial's read(n) waits for n bytes or the timeout, and socket://'s
+            # in_waiting says only 0 or 1.
+            port.timeout = 0
+        self.port = port
 
     def read(self) -> bytes:
         port = self.port
         if port is None:
             raise TransportError("port is closed")
         try:
-            # One byte (blocking up to the timeout), then whatever else is waiting.
+            if self.fd is not None:
+                ready, _, _ = select.select([self.fd], [], [], READ_TIMEOUT)
+                return port.read(RECV_SIZE) if ready else b""
+            # loop://, rfc2217://: one byte (blocking up to the timeout), then the rest.
             data = port.read(1)
             if data:
                 waiting = port.in_waiting
                 if waiting:
                     data += port.read(waiting)
             return data
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, ValueError) as exc:
+            # ValueError: select() on a descriptor closed by close() from another thread.
             # A pty whose far end closed raises SerialException on read and a raw
             # OSError (EIO) from in_waiting; socket:// raises on peer close.
             raise TransportError(str(exc) or type(exc).__name__) from None
@@ -95,7 +115,7 @@ class SerialTransport(Transport):
         try:
             port.write(data)
         except serial.SerialTimeoutException:
-            raise WriteTimeout("device did not take the line within 5 s") from None
+            raise WriteTimeout(f"device did not take the line within {WRITE_TIMEOUT:g} s") from None
         except (serial.SerialException, OSError) as exc:
             raise TransportError(str(exc) or type(exc).__name__) from None
 
