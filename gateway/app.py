@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 
 from ws4py.manager import WebSocketManager
 
@@ -26,6 +27,7 @@ from .config import Config
 from .device import DeviceLink
 from .hub import Hub
 from .outbound import Sender
+from .security import server_context
 from .server import GatewayApp, HTTPServer
 from .sinks import build_sinks
 from .wsadapter import ClientSocket
@@ -39,6 +41,21 @@ try:  # optional: C unmasking and UTF-8 validation for ws4py
     WSACCEL = True
 except ImportError:
     WSACCEL = False
+
+
+@dataclass
+class GatewayStats:
+    """Gateway-wide counters (per-device ones live in DeviceLink.counters); /metrics
+    exports each field as gateway_<field>_total."""
+
+    handshakes_refused_full: int = 0  # 503: max_clients reached
+    handshakes_refused_auth: int = 0  # 401
+    handshakes_refused_origin: int = 0  # 403
+    handshakes_bad: int = 0  # 400
+    messages_oversize: int = 0  # closed with 1009
+    lines_refused: int = 0  # json errors for lines not written (role, allowlist, rate, format)
+    rate_limited: int = 0  # lines over lines_per_second
+    clients_total: int = 0  # clients ever connected
 
 
 class Gateway:
@@ -61,14 +78,15 @@ class Gateway:
         self._ids = itertools.count(1)
         self._sockets_lock = threading.Lock()
         self._sockets: set[ClientSocket] = set()
-        self.metrics_refused = 0
+        self.stats = GatewayStats()
         self.started_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> "Gateway":
         srv = self.config.server
-        self.server = HTTPServer((srv.host, srv.port), GatewayApp(self), srv.handshake_timeout)
+        context = server_context(srv.certfile, srv.keyfile) if srv.certfile else None
+        self.server = HTTPServer((srv.host, srv.port), GatewayApp(self), srv.handshake_timeout, context)
         self.manager = WebSocketManager()
         self.server.manager = self.manager  # ws4py's handler adds sockets through it
         self.sender.start()
@@ -94,7 +112,8 @@ class Gateway:
         host, port = self.address
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        scheme = "https" if self.config.server.certfile else "http"
+        return f"{scheme}://{host}:{port}"
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close clients with 1001, stop accepting, close devices, join every thread."""
@@ -131,7 +150,8 @@ class Gateway:
     # -- clients ----------------------------------------------------------------------
 
     def new_client(self, link: DeviceLink, options: Options, peer: str) -> Client:
-        return Client(next(self._ids), link, options, peer)
+        self.stats.clients_total += 1
+        return Client(next(self._ids), link, options, peer, self.stats, self.config.limits.lines_per_second)
 
     def socket_environ(self, client: Client) -> dict:
         limits = self.config.limits

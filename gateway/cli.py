@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 import threading
 
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         gw = Gateway(config).start()
+    except ssl.SSLError as exc:
+        print(f"{parser.prog}: {config.source}: server.certfile = {config.server.certfile!r}: "
+              f"cannot load it with server.keyfile: {exc.reason or exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"{parser.prog}: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",
               file=sys.stderr)
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"listening on {gw.url}", flush=True)
     print(f"control page: {gw.url}/", flush=True)
     for name, link in gw.links.items():
-        print(f"device {name}: {link.config.url} -> ws://{gw.url.split('://', 1)[1]}/ws/{name}", flush=True)
+        print(f"device {name}: {link.config.url} -> {gw.url.replace('http', 'ws', 1)}/ws/{name}", flush=True)
     try:
         while not stop.wait(1.0):
             pass

@@ -15,6 +15,7 @@ from . import frames
 from .codec import LineError, check_line, encode_line, split_client_text
 from .device import DeviceLink, WriteRequest
 from .outbound import Outbox
+from .security import RateLimit
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +30,22 @@ class Options:
     history: int | None = None
     since: int | None = None
     run: str | None = None
+    role: str = "control"
 
 
 class Client:
-    def __init__(self, client_id: int, link: DeviceLink, options: Options, peer: str):
+    def __init__(self, client_id: int, link: DeviceLink, options: Options, peer: str,
+                 stats=None, lines_per_second: float = 0):
         self.id = client_id
         self.link = link
         self.fmt = options.fmt
         self.options = options
         self.peer = peer
+        self.stats = stats
         self.outbox: Outbox | None = None
         self.lines_in = 0
+        self.rate = RateLimit(lines_per_second) if lines_per_second > 0 else None
+        self.dropped = False  # closed by the gateway: what it still sent is ignored
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.peer} {self.link.name}/{self.fmt}>"
@@ -82,10 +88,23 @@ class Client:
 
     # -- from the client --------------------------------------------------------------
 
+    def refuse(self, request_id, error: str) -> None:
+        """A line that will not be written: say why, and count it."""
+        if self.stats is not None:
+            self.stats.lines_refused += 1
+        self.error(request_id, error)
+
     def on_message(self, data: bytes, is_binary: bool) -> None:
-        cfg = self.link.config
+        if self.dropped:
+            return
+        if self.options.role != "control":
+            self.refuse(self._id_of(data, is_binary), f"role {self.options.role} may not send to the device")
+            return
         if self.fmt == "binary" or (is_binary and self.fmt == "text"):
-            # Raw bytes, no line handling.
+            # Raw bytes, no line handling: a device with an allowlist takes none.
+            if self.link.allow:
+                self.refuse(None, f"device {self.link.name} takes only lines matching its allowlist")
+                return
             self._submit(WriteRequest(bytes(data)))
             return
         if is_binary:
@@ -93,19 +112,19 @@ class Client:
             return
         text = bytes(data).decode("utf-8")  # ws4py already refused invalid UTF-8 (1007)
         if self.fmt == "text":
-            for line in split_client_text(text):
-                try:
-                    payload = encode_line(line, cfg.encoding, cfg.eol_bytes, cfg.max_line)
-                except LineError as exc:
-                    self.error(None, str(exc))
-                    return
+            # Every line is checked before any is written: a refused line refuses the frame.
+            try:
+                payloads = [self._checked(line) for line in split_client_text(text)]
+            except LineError as exc:
+                self.refuse(None, f"{exc}; nothing of this message was written")
+                return
+            for payload in payloads:
                 if not self._submit(WriteRequest(payload)):
                     return
             return
         self._on_json(text)
 
     def _on_json(self, text: str) -> None:
-        cfg = self.link.config
         try:
             msg = json.loads(text)
         except ValueError as exc:
@@ -129,15 +148,44 @@ class Client:
             return
         try:
             check_line(line)
-            payload = encode_line(line, cfg.encoding, cfg.eol_bytes, cfg.max_line)
+            payload = self._checked(line)
         except LineError as exc:
-            self.error(request_id, str(exc))
+            self.refuse(request_id, str(exc))
             return
         self._submit(WriteRequest(payload, self, request_id, reply, float(timeout)))
+
+    def _checked(self, line: str) -> bytes:
+        """The device bytes for `line`, once the device's allowlist let it through."""
+        cfg = self.link.config
+        if not self.link.allow.allows(line):
+            raise LineError(f"line not allowed on device {self.link.name}")
+        return encode_line(line, cfg.encoding, cfg.eol_bytes, cfg.max_line)
+
+    @staticmethod
+    def _id_of(data: bytes, is_binary: bool):
+        if is_binary or not data.startswith(b"{"):
+            return None
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return None
+        return msg.get("id") if isinstance(msg, dict) else None
 
     def _submit(self, request: WriteRequest) -> bool:
         if request.client is None:
             request.client = self
+        rate = self.rate
+        if rate is not None and not rate.allow():
+            if self.stats is not None:
+                self.stats.rate_limited += 1
+            if rate.persistent:
+                log.warning("client %s: over %g lines/s for too long, closing with 1008", self, rate.rate)
+                self.dropped = True
+                if self.outbox is not None:
+                    self.outbox.drop(1008, "rate limit exceeded")
+            else:
+                self.refuse(request.id, f"rate limit: at most {rate.rate:g} lines per second")
+            return False
         self.lines_in += 1
         error = self.link.submit(request)
         if error is not None:

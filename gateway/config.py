@@ -10,6 +10,7 @@ e.g. `gateway.toml: device[0].url = 'foo://x': unknown scheme 'foo'`.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -206,6 +207,10 @@ def _check_server(server: ServerConfig, where: str) -> None:
     if bool(server.certfile) != bool(server.keyfile):
         raise _fail(where, "server.certfile" if not server.certfile else "server.keyfile", "",
                     "certfile and keyfile go together")
+    for key in ("certfile", "keyfile"):
+        path = getattr(server, key)
+        if path and not os.path.isfile(path):
+            raise _fail(where, f"server.{key}", path, "no such file")
     if server.handshake_timeout <= 0:
         raise _fail(where, "server.handshake_timeout", server.handshake_timeout, "expected seconds > 0")
 

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 from .codec import LineDecoder
 from .config import DeviceConfig
 from .hub import Hub, State
+from .security import LineFilter
 from .transports import Transport, TransportError
 from .transports.base import NotConnectedYet, WriteTimeout
 
@@ -75,6 +76,7 @@ class DeviceLink:
         self.on_state = on_state
         self.counters = Counters()
         self.decoder = LineDecoder(config.encoding, config.max_line)
+        self.allow = LineFilter(config.allow)
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._queue: deque[WriteRequest] = deque()  # guarded by _cond

@@ -20,9 +20,11 @@ import logging
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 from collections import deque
+from contextlib import nullcontext
 
 from . import frames
 
@@ -42,6 +44,10 @@ class Outbox:
         self.sender = sender
         self.label = label
         self.lock = threading.Lock()
+        # A TLS connection must not be used by two threads at once (OpenSSL state): the
+        # manager thread's reads and our writes then take this lock. A plain TCP socket
+        # is full duplex; one reader and one writer need none.
+        self.io_lock = threading.Lock() if isinstance(sock, ssl.SSLSocket) else nullcontext()
         # Guarded by `lock`:
         self.frames: list[bytes] = []
         self.scheduled = False  # in the Sender's ready list or waiting for EPOLLOUT
@@ -246,8 +252,9 @@ class Sender(threading.Thread):
                     self._close(ob)
                 return
             try:
-                sent = ob.sock.send(data)
-            except (BlockingIOError, InterruptedError):
+                with ob.io_lock:
+                    sent = ob.sock.send(data)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             except OSError as exc:
                 log.info("client %s: send failed: %s", ob.label, exc)
@@ -300,17 +307,14 @@ class Sender(threading.Thread):
         if ob.overflow:
             self.overflows += 1
             log.warning("client %s: outbound queue overflow, closing with 1008", ob.label)
-        if ob.drop_code and not ob.tail:
-            try:
-                ob.sock.send(frames.close(ob.drop_code, ob.drop_reason))
-            except OSError:
-                pass
-        ob.tail = b""
-        try:
-            # Safe from this thread while the manager reads: it wakes the reader with EOF.
-            ob.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        with ob.io_lock:
+            if ob.drop_code and not ob.tail:
+                try:
+                    ob.sock.send(frames.close(ob.drop_code, ob.drop_reason))
+                except (OSError, ValueError):
+                    pass
+            ob.tail = b""
+            _shutdown(ob.sock)
 
     def _close(self, ob: Outbox) -> None:
         if ob.closed:
@@ -318,14 +322,12 @@ class Sender(threading.Thread):
         ob.closed = True
         self._unwatch(ob)
         self._finishing.discard(ob)
-        try:
-            ob.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            ob.sock.close()
-        except OSError:
-            pass
+        with ob.io_lock:
+            _shutdown(ob.sock)
+            try:
+                ob.sock.close()
+            except OSError:
+                pass
         with self._lock:
             self._all.discard(ob)
 
@@ -348,3 +350,12 @@ class Sender(threading.Thread):
                 ob.last_ping = now
                 ob.put(ping)
 
+
+def _shutdown(sock: socket.socket) -> None:
+    """Shut a socket down at the OS level; safe while the manager thread reads it, which
+    then sees EOF. For TLS, the plain socket's shutdown: SSLSocket.shutdown() would also
+    drop its OpenSSL state under the reader."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass

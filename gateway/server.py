@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from http import HTTPStatus
 from importlib import resources
@@ -24,6 +25,7 @@ from ws4py.server.wsgiutils import WebSocketWSGIApplication
 
 from .client import Options
 from .hub import FORMATS
+from .security import origin_allowed, role_for, token_from
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class RequestHandler(WebSocketWSGIRequestHandler):
 
     def handle(self):
         try:
+            if isinstance(self.connection, ssl.SSLSocket):
+                # In this request's thread, under the handler timeout: a slow or broken
+                # TLS client never holds up the accept loop.
+                self.connection.do_handshake()
             super().handle()
         except (TimeoutError, socket.timeout):
             log.info("%s: request not complete within %.0f s, dropped", self.address_string(), self.timeout)
@@ -72,13 +78,16 @@ class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address, app, handshake_timeout: float):
+    def __init__(self, address, app, handshake_timeout: float, ssl_context: ssl.SSLContext | None = None):
         self.handshake_timeout = handshake_timeout
+        self.ssl_context = ssl_context
         self._threads_lock = threading.Lock()
         self._request_threads: set[threading.Thread] = set()
         self._requests: set[socket.socket] = set()
         self._upgraded: set[socket.socket] = set()
         super().__init__(address, RequestHandler)
+        if ssl_context is not None:
+            self.socket = ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.set_app(app)
 
     def process_request(self, request, client_address):
@@ -134,7 +143,7 @@ def json_body(obj, status: HTTPStatus = HTTPStatus.OK):
     return status, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], body
 
 
-def parse_ws_options(query: str, offered: list[str]) -> tuple[Options, str | None]:
+def parse_ws_options(query: str, offered: list[str], role: str = "control") -> tuple[Options, str | None]:
     """The client's options from the handshake URL and the subprotocol to answer."""
     params = parse_qs(query, keep_blank_values=True)
     known = {"format", "history", "since", "run", "token"}
@@ -166,7 +175,7 @@ def parse_ws_options(query: str, offered: list[str]) -> tuple[Options, str | Non
     fmt = fmt or "text"
     if fmt not in FORMATS:
         raise HttpError(HTTPStatus.BAD_REQUEST, f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    return Options(fmt=fmt, history=count("history"), since=count("since"), run=one("run")), chosen
+    return Options(fmt=fmt, history=count("history"), since=count("since"), run=one("run"), role=role), chosen
 
 
 def peer_of(environ) -> str:
@@ -191,15 +200,19 @@ class GatewayApp:
                 return self.websocket(environ, start_response, path[4:])
             if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
                 raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "only GET here")
-            status, headers, body = self.route(path)
+            status, headers, body = self.route(path, environ)
         except HttpError as exc:
             status, headers, body = exc.status, [("Content-Type", "text/plain; charset=utf-8")], (exc.message + "\n").encode()
+            if exc.status == HTTPStatus.UNAUTHORIZED:
+                headers.append(("WWW-Authenticate", 'Bearer realm="gateway"'))
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status.value} {status.phrase}", headers)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
-    def route(self, path: str):
+    def route(self, path: str, environ):
         gw = self.gateway
+        if path in ("/api/devices", "/metrics") and role_for(gw.config.auth, token_from(environ)) is None:
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
         if path == "/healthz":
             return json_body({"status": "ok", "devices": {name: link.state.value for name, link in gw.links.items()}})
         if path == "/api/devices":
@@ -230,15 +243,29 @@ class GatewayApp:
 
     def websocket(self, environ, start_response, name: str):
         gw = self.gateway
+        auth = gw.config.auth
+        if not origin_allowed(auth, environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST")):
+            gw.stats.handshakes_refused_origin += 1
+            log.warning("%s: WebSocket from origin %r refused", peer_of(environ), environ.get("HTTP_ORIGIN"))
+            raise HttpError(HTTPStatus.FORBIDDEN, "origin not allowed")
+        role = role_for(auth, token_from(environ))
+        if role is None:
+            gw.stats.handshakes_refused_auth += 1
+            log.warning("%s: WebSocket without a valid token refused", peer_of(environ))
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
         link = gw.links.get(name)
         if link is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r} (devices: {', '.join(gw.links)})")
         if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
             raise HttpError(HTTPStatus.BAD_REQUEST, "this is a WebSocket endpoint: connect with a WebSocket client")
         offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
-        options, chosen = parse_ws_options(environ.get("QUERY_STRING", ""), offered)
+        try:
+            options, chosen = parse_ws_options(environ.get("QUERY_STRING", ""), offered, role)
+        except HttpError:
+            gw.stats.handshakes_bad += 1
+            raise
         if gw.client_count() >= gw.config.limits.max_clients:
-            gw.metrics_refused += 1
+            gw.stats.handshakes_refused_full += 1
             raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
         client = gw.new_client(link, options, peer_of(environ))
         environ.update(gw.socket_environ(client))
@@ -246,6 +273,7 @@ class GatewayApp:
         try:
             result = ws_app(environ, start_response)
         except HandshakeError as exc:
+            gw.stats.handshakes_bad += 1
             raise HttpError(HTTPStatus.BAD_REQUEST, f"bad WebSocket handshake: {exc}") from None
         self_sock = environ.get("ws4py.socket")
         if self_sock is not None:

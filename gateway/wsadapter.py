@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 
 from ws4py import streaming
 from ws4py.websocket import DEFAULT_READING_SIZE, WebSocket
@@ -48,6 +49,7 @@ class ClientSocket(WebSocket):
         self.queue_limit: int = environ["gateway.queue"]
         self.registry = environ["gateway.registry"]  # the Gateway: adopt() / forget()
         self.outbox = None
+        self.secure = isinstance(sock, ssl.SSLSocket)
         self.label = self.client.peer
         # Do not keep the WSGI environ (and its copies) alive for the whole connection.
         self.environ = None
@@ -120,13 +122,19 @@ class ClientSocket(WebSocket):
     # -- reading ------------------------------------------------------------------------------
 
     def once(self) -> bool:
-        if self.terminated or self.sock is None:
+        sock = self.sock
+        if self.terminated or sock is None or self.outbox is None:
             return False
         try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            with self.outbox.io_lock:
+                data = sock.recv(RECV_SIZE)
+                if self.secure:
+                    # Decrypted bytes OpenSSL holds already: epoll will not say so.
+                    while sock.pending():
+                        data += sock.recv(sock.pending())
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return True
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.info("client %s: connection reset: %s", self.label, exc)
             return False
         if not data:
@@ -134,20 +142,23 @@ class ClientSocket(WebSocket):
         buf = self.buf + data if self.buf else data
         self.buf = b""
         pos, end = 0, len(buf)
-        stream = self.stream
         while pos < end:
             need = self.reading_buffer_size or DEFAULT_READING_SIZE
-            pending = stream.message
-            if need > self.max_message or (
-                pending is not None and not pending.completed and len(pending.data) + need > self.max_message
-            ):
-                log.info("client %s: message over %d bytes, closing with 1009", self.label, self.max_message)
-                self.close(1009, f"message larger than {self.max_message} bytes")
-                return False
             chunk = buf[pos:pos + need]
             pos += len(chunk)
-            if not self.process(chunk):
+            if not self.process(chunk) or self.stream is None:
                 return False
-            if self.stream is None:
+            if self._too_big():
                 return False
+        return True
+
+    def _too_big(self) -> bool:
+        """Refuse a message over max_message as soon as a frame header announces it."""
+        need = self.reading_buffer_size or 0
+        pending = self.stream.message
+        size = need + (len(pending.data) if pending is not None and not pending.completed else 0)
+        if size <= self.max_message:
+            return False
+        log.info("client %s: message over %d bytes, closing with 1009", self.label, self.max_message)
+        self.close(1009, f"message larger than {self.max_message} bytes")
         return True
