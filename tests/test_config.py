@@ -97,3 +97,39 @@ def test_unreadable_and_invalid_files(tmp_path):
 def test_shipped_examples_load(path):
     config = load_file(str(path))
     assert config.devices, f"{path.name} configures no device"
+
+
+# -- property: whatever the file holds, a Config or one ConfigError line ---------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                     st.text(max_size=30), st.sampled_from(["sim://", "loop://", "tcp://127.0.0.1:1", "udp://h:2",
+                                                           "serial:///dev/x?baudrate=9600", "lf", "crlf", "view"]))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                       max_leaves=8)
+_device_keys = st.sampled_from(["name", "url", "eol", "encoding", "max_line", "pace_ms", "history", "buttons",
+                                "record", "allow", "bogus"])
+_devices = st.lists(st.dictionaries(_device_keys, _values, max_size=6), max_size=3)
+_tables = st.fixed_dictionaries({}, optional={
+    "server": st.dictionaries(st.sampled_from(["host", "port", "ping_interval", "certfile", "x"]), _values, max_size=3),
+    "limits": st.dictionaries(st.sampled_from(["max_message", "queue", "max_clients", "lines_per_second"]), _values, max_size=3),
+    "auth": st.dictionaries(st.sampled_from(["tokens", "allowed_origins", "x"]), _values, max_size=2),
+    "mqtt": st.dictionaries(st.sampled_from(["url", "prefix", "discovery", "buffer"]), _values, max_size=3),
+    "device": _devices,
+    "other": _values,
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tables)
+def test_any_table_gives_a_config_or_one_config_error_line(data):
+    try:
+        config = from_dict(data, "fuzz.toml")
+    except ConfigError as err:
+        message = str(err)
+        assert message.startswith("fuzz.toml: ") and "\n" not in message
+    else:
+        assert isinstance(config, Config)
