@@ -101,6 +101,8 @@ class ClientSocket(WebSocket):
         self.server_terminated = True
         if isinstance(reason, (bytes, bytearray)):
             reason = bytes(reason).decode("utf-8", "replace")
+        if code in (1002, 1003, 1007):  # ws4py's parser refused what the client sent
+            log.warning("client %s: malformed frame (%s), closing with %d", self.label, reason or "protocol error", code)
         # ws4py reports "no code" as 1005, which must never go on the wire (RFC 6455 7.4.1).
         frame = frames.close(None if code in (1005, 1006, None) else code, reason or "")
         if self.outbox is not None:

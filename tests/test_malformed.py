@@ -100,12 +100,16 @@ def gateway(start_gateway, caplog):
     (frame(0x1, b"a", fin=False) + frame(0x1, b"b"), 1002),  # a new message inside a fragmented one
 ], ids=["unmasked", "rsv", "opcode-3", "opcode-B", "fragmented-ping", "long-ping", "bad-utf8", "cut-utf8",
         "2^62", "oversize", "oversize-fragments", "orphan-continuation", "nested-message"])
-def test_malformed_frames_are_closed_with_the_right_code(gateway, data, code):
+def test_malformed_frames_are_closed_with_the_right_code(gateway, caplog, data, code):
     sock = raw_client(gateway)
+    address = "%s:%d" % sock.getsockname()
     sock.sendall(data)
     assert close_code(sock) == code
     sock.close()
     assert gateway.links["sim"].counters.lines_out == 0
+    # One line that names the client, at INFO or WARNING.
+    said = [r for r in caplog.records if address in r.getMessage() and r.name.startswith("gateway")]
+    assert len(said) == 1 and said[0].levelno in (logging.INFO, logging.WARNING), [r.getMessage() for r in said]
 
 
 def test_fragmented_message_within_limits_is_one_line(gateway):
