@@ -12,6 +12,7 @@
   const LOG_MAX = 2000;         // rows kept in the log
   const RETRY_MIN = 500;        // ms; reconnect backoff doubles up to RETRY_MAX
   const RETRY_MAX = 10000;
+  const HELLO_TIMEOUT = 10000;  // ms for a connection attempt to be answered
   const POLL_MS = 3000;         // device list refresh
   const CHART_MAX_POINTS = 20000;
   const SEND_HISTORY_MAX = 100;
@@ -33,10 +34,13 @@
     return node;
   }
 
+  /* A log row's time cell: HH:MM:SS, then .mmm (hidden at phone width). */
   function clock(ms) {
     const d = new Date(ms);
     const p = (n, w) => String(n).padStart(w || 2, "0");
-    return p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds()) + "." + p(d.getMilliseconds(), 3);
+    const cell = el("span", "t", p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds()));
+    cell.append(el("span", "ms", "." + p(d.getMilliseconds(), 3)));
+    return cell;
   }
 
   function store(key, fallback) {
@@ -87,6 +91,11 @@
     for (const d of list) devices.set(d.name, d);
     renderDevices();
     if (current && devices.has(current)) renderDeviceHead(devices.get(current));
+    if (current && !devices.has(current) && stream && stream.phase !== "closed") {
+      stream.close();  // its reconnects would only be refused
+      stream.setPhase("closed");
+      log.add("err", "device " + current + " is not on this gateway any more: choose another");
+    }
     if (!current && list.length) {
       const wanted = decodeURIComponent(location.hash.slice(1));
       openDevice(devices.has(wanted) ? wanted : list[0].name);
@@ -98,24 +107,31 @@
     ul.replaceChildren(el("li", "empty", text));
   }
 
+  /* The list is rebuilt only when the devices change, so a poll never steals focus. */
   function renderDevices() {
     const ul = $("device-list");
     if (!devices.size) {
       renderDeviceMessage("No devices configured.");
       return;
     }
-    ul.replaceChildren();
-    for (const d of devices.values()) {
-      const li = el("li");
-      const b = el("button", "device");
-      b.type = "button";
-      b.dataset.device = d.name;
-      b.dataset.state = d.state;
-      if (d.name === current) b.setAttribute("aria-current", "true");
-      b.append(el("span", "dot"), el("span", "name", d.name), el("span", "kind", d.kind), el("span", "state", d.state));
-      b.addEventListener("click", () => openDevice(d.name));
-      li.append(b);
-      ul.append(li);
+    const shown = [...ul.querySelectorAll("button.device")].map((b) => b.dataset.device);
+    if (shown.join("\n") !== [...devices.keys()].join("\n")) {
+      ul.replaceChildren();
+      for (const d of devices.values()) {
+        const b = el("button", "device");
+        b.type = "button";
+        b.dataset.device = d.name;
+        b.append(el("span", "dot"), el("span", "name", d.name), el("span", "kind", d.kind), el("span", "state"));
+        b.addEventListener("click", () => openDevice(d.name));
+        const li = el("li");
+        li.append(b);
+        ul.append(li);
+      }
+    }
+    for (const b of ul.querySelectorAll("button.device")) {
+      if (b.dataset.device === current) b.setAttribute("aria-current", "true");
+      else b.removeAttribute("aria-current");
+      setDeviceState(b.dataset.device, devices.get(b.dataset.device).state);
     }
   }
 
@@ -153,6 +169,7 @@
   function openDevice(name) {
     if (stream) stream.close();
     current = name;
+    document.title = name + " — gateway";
     history.replaceState(null, "", location.pathname + location.search + "#" + encodeURIComponent(name));
     const d = devices.get(name) || { name, kind: "", state: "disconnected", buttons: [] };
     for (const id of ["device-head", "chart-card", "control-card", "log-card"]) $(id).hidden = false;
@@ -185,6 +202,7 @@
       this.attempt = 0;
       this.retryAt = 0;
       this.retryTimer = null;
+      this.helloTimer = null;
       this.countdown = null;
       this.lostReason = "";
       this.nextId = 1;
@@ -212,6 +230,9 @@
         return;
       }
       this.ws = ws;
+      // A handshake into a dead network can hang for minutes: give up, and retry, sooner.
+      clearTimeout(this.helloTimer);
+      this.helloTimer = setTimeout(() => { if (this.ws === ws && this.phase !== "live") ws.close(); }, HELLO_TIMEOUT);
       ws.onmessage = (ev) => this.onMessage(ev.data);
       ws.onclose = (ev) => {
         if (this.ws !== ws) return;
@@ -223,6 +244,7 @@
 
     close() {
       this.phase = "closed";
+      clearTimeout(this.helloTimer);
       clearTimeout(this.retryTimer);
       clearInterval(this.countdown);
       if (this.ws) {
@@ -236,6 +258,11 @@
 
     retryNow() {
       if (this.phase === "away") this.connect();
+    }
+
+    /* The browser says the network is gone: do not wait for TCP to notice. */
+    drop() {
+      if (this.ws && this.phase === "live") this.ws.close();
     }
 
     lost(why) {
@@ -261,6 +288,7 @@
       this.phase = phase;
       this.showPhase();
       const live = phase === "live";
+      $("device-list").classList.toggle("stale", phase === "away");
       $("send-button").disabled = !live;
       for (const b of $("device-buttons").querySelectorAll("button")) b.disabled = !live;
     }
@@ -271,6 +299,7 @@
       let text;
       if (this.phase === "live") text = "live";
       else if (this.phase === "connecting") text = this.attempt ? "reconnecting…" : "connecting…";
+      else if (this.phase === "closed") text = "closed";
       else {
         const secs = Math.max(0, Math.ceil((this.retryAt - Date.now()) / 1000));
         text = "offline — retry in " + secs + " s";
@@ -348,17 +377,20 @@
       }
       this.run = msg.run;
       this.attempt = 0;
+      clearTimeout(this.helloTimer);
       chart.resetClock();
       setDeviceState(this.device, msg.state);
-      if (!first) log.add("sys", restarted ? "reconnected: the gateway was restarted" : "reconnected; replaying what was missed");
+      if (restarted) log.add("sys", "reconnected: the gateway was restarted; showing what it has received since");
+      else if (!first) log.add("sys", "reconnected; replaying what was missed");
       this.setPhase("live");
-      if (!first) refreshDevices();
+      refreshDevices();  // counters now count this client; a restarted gateway may differ
     }
 
     onGap(msg) {
       const n = msg.to >= msg.from ? msg.to - msg.from + 1 : 0;
-      let text = "gap: " + (msg.reason || "lines missing");
-      if (n > 0) text += " — " + n + " line" + (n === 1 ? "" : "s") + " (seq " + msg.from + "–" + msg.to + ") no longer held";
+      let text = "gap: " + (msg.reason || "lines missing") + " — ";
+      if (n > 0) text += n + " line" + (n === 1 ? "" : "s") + " (seq " + msg.from + "–" + msg.to + ") no longer held by the gateway";
+      else text += "whatever the device sent while the gateway was down was not received";
       log.add("sys", text, { gap: true });
     }
 
@@ -385,9 +417,9 @@
       opts = opts || {};
       const row = el("div", "row " + kind + (opts.tele ? " tele" : "") + (opts.gap ? " gap" : ""));
       row.dataset.text = text;
-      const glyph = { rx: "◂", tx: "▸", err: "✕", sys: "•" }[kind] || "";
+      const glyph = { rx: "←", tx: "→", err: "✕", sys: "•" }[kind] || "";
       row.append(
-        el("span", "t", clock(opts.ts || Date.now())),
+        clock(opts.ts || Date.now()),
         el("span", "n", opts.seq !== undefined ? "#" + opts.seq : ""),
         el("span", "g", glyph),
       );
@@ -509,7 +541,8 @@
     ys: new Map(),     // key -> values (null where a line lacked the key)
     latest: new Map(), // key -> newest value
     hidden: new Set(),
-    windowSec: 300,
+    palette: [],       // keys in the order they got their colours
+    windowSec: 60,
     clockOffset: null, // gateway clock minus ours, seconds
     u: null,
     timer: 0,
@@ -521,6 +554,7 @@
       this.ys = new Map();
       this.latest = new Map();
       this.hidden = new Set(store("hidden." + device, []));
+      this.palette = store("colors." + device, []);
       this.clockOffset = null;
       if (this.u) {
         this.u.destroy();
@@ -588,8 +622,29 @@
       return Math.max(now, last);
     },
 
+    /* The last `windowSec` seconds; while less than that has been seen, just what
+     * has (at least 10 s), so a fresh chart is not a stripe at the right edge. */
+    xRange() {
+      const end = this.now();
+      const first = this.xs.length ? this.xs[0] : end;
+      return [Math.max(end - this.windowSec, Math.min(first, end - 10)), end];
+    },
+
+    tick(t) {
+      const d = new Date(t * 1000);
+      const p = (n) => String(n).padStart(2, "0");
+      const hm = p(d.getHours()) + ":" + p(d.getMinutes());
+      return this.windowSec > 900 ? hm : hm + ":" + p(d.getSeconds());
+    },
+
+    /* A key keeps its colour on this device from one visit to the next. */
     colorOf(k) {
-      return COLORS[this.keys.indexOf(k) % COLORS.length];
+      let i = this.palette.indexOf(k);
+      if (i < 0) {
+        i = this.palette.push(k) - 1;
+        save("colors." + this.device, this.palette);
+      }
+      return COLORS[i % COLORS.length];
     },
 
     css(name) {
@@ -611,10 +666,8 @@
         height: this.height(),
         legend: { show: false },
         cursor: { drag: { x: false, y: false, setScale: false }, points: { size: 6 } },
-        scales: {
-          x: { time: true, range: () => [this.now() - this.windowSec, this.now()] },
-        },
-        axes: [{ ...axis }, { ...axis, size: 52 }],
+        scales: { x: { time: true, range: () => this.xRange() } },
+        axes: [{ ...axis, values: (u, splits) => splits.map((t) => this.tick(t)) }, { ...axis, size: 52 }],
         series: [{}].concat(this.keys.map((k) => ({
           label: k,
           stroke: this.colorOf(k),
@@ -647,7 +700,7 @@
     draw() {
       if (!this.u) return;
       this.u.setData(this.data());
-      const lo = this.now() - this.windowSec;
+      const lo = this.xRange()[0];
       let n = 0;
       for (let i = this.xs.length - 1; i >= 0 && this.xs[i] >= lo; i--) n++;
       $("chart").dataset.points = String(n);
@@ -803,14 +856,21 @@
   $("show-telemetry").addEventListener("change", (ev) => {
     log.box.classList.toggle("hide-tele", !ev.target.checked);
   });
-  $("chart-window").addEventListener("change", (ev) => {
-    chart.windowSec = Number(ev.target.value);
-    chart.draw();
+  const windowSelect = $("chart-window");
+  if ([...windowSelect.options].some((o) => o.value === String(store("window", "")))) windowSelect.value = String(store("window", ""));
+  chart.windowSec = Number(windowSelect.value);
+  windowSelect.addEventListener("change", () => {
+    chart.windowSec = Number(windowSelect.value);
+    save("window", chart.windowSec);
+    if (chart.u) chart.build();  // tick labels depend on the window
   });
   $("retry-now").addEventListener("click", () => stream && stream.retryNow());
   window.addEventListener("online", () => stream && stream.retryNow());
+  window.addEventListener("offline", () => stream && stream.drop());
 
   new ResizeObserver(() => chart.resize()).observe($("chart"));
+  // The chart's axis colours come from the stylesheet: rebuild it when they change.
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => chart.u && chart.build());
   setInterval(() => chart.draw(), 1000);  // scroll the time window even when quiet
 
   refreshDevices();
