@@ -55,7 +55,7 @@ class Client:
     def opened(self, outbox: Outbox) -> None:
         self.outbox = outbox
         o = self.options
-        self.link.hub.attach(self, self.id, history=o.history, since=o.since, run=o.run)
+        self.link.hub.attach(self, self.id, history=o.history, since=o.since, run=o.run, role=o.role)
 
     def closed(self) -> None:
         self.link.hub.detach(self)
@@ -97,6 +97,9 @@ class Client:
     def on_message(self, data: bytes, is_binary: bool) -> None:
         if self.dropped:
             return
+        if self.fmt == "json" and not is_binary and data.startswith(b'{"type"'):
+            if self._on_control(data):
+                return
         if self.options.role != "control":
             self.refuse(self._id_of(data, is_binary), f"role {self.options.role} may not send to the device")
             return
@@ -123,6 +126,21 @@ class Client:
                     return
             return
         self._on_json(text)
+
+    def _on_control(self, data: bytes) -> bool:
+        """`{"type": "ping"}` gets `{"type": "pong"}`: a keepalive a page can see
+        (browsers answer WebSocket pings themselves and never tell the page)."""
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return False
+        if isinstance(msg, dict) and msg.get("type") == "ping" and "line" not in msg:
+            reply = {"type": "pong"}
+            if "id" in msg:
+                reply["id"] = msg["id"]
+            self.send_json(reply)
+            return True
+        return False
 
     def _on_json(self, text: str) -> None:
         try:

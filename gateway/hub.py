@@ -109,19 +109,19 @@ class Hub:
     def clients(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
-    def hello(self, client_id: int) -> bytes:
+    def hello(self, client_id: int, role: str = "control") -> bytes:
         return _json_frame({
             "type": "hello", "client": client_id, "device": self.device,
-            "run": self.run, "seq": self.seq, "state": self.state.value,
+            "run": self.run, "seq": self.seq, "state": self.state.value, "role": role,
         })
 
     def attach(self, sub: Subscriber, client_id: int, history: int | None = None,
-               since: int | None = None, run: str | None = None) -> None:
+               since: int | None = None, run: str | None = None, role: str = "control") -> None:
         """Replay what the client asked for, then add it to the live fan-out."""
         with self.lock:
             items: list[bytes] = []
             if sub.fmt == "json":
-                items.append(self.hello(client_id))
+                items.append(self.hello(client_id, role))
             records, gap = self._replay(history, since, run)
             if gap is not None and sub.fmt == "json":
                 items.append(_json_frame({"type": "gap", "device": self.device, **gap}))
