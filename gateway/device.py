@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 WRITE_QUEUE = 10000  # lines waiting for the device, all clients together
-BATCH_BYTES = 65536
+BATCH_BYTES = 4096  # one write: at 9600 baud, 4.3 s, within a serial port's 5 s write timeout
 
 
 @dataclass

@@ -134,8 +134,12 @@ class Running:
         self.transport = wrap(transport) if wrap else transport
         self.link = DeviceLink(DeviceConfig(name=self.name, url=peer.url), self.hub, self.transport)
         self.link.start()
-        self.peer.attach()
-        assert self.link.wait_connected(5), f"{self.name} did not connect to {peer.url}"
+        try:
+            self.peer.attach()
+            assert self.link.wait_connected(5), f"{self.name} did not connect to {peer.url}"
+        except BaseException:
+            self.stop()
+            raise
 
     def threads(self) -> list[str]:
         names = (f"device-rx:{self.name}", f"device-tx:{self.name}")
@@ -263,7 +267,8 @@ def test_device_vanishes_mid_line_then_returns(running):
     assert [m["seq"] for m in lines] == [1, 2]
     messages = running.json.messages()
     part_at = next(i for i, m in enumerate(messages) if m.get("line") == "PART")
-    lost_at = next(i for i, m in enumerate(messages) if m.get("state") == "reconnecting" and i > 1)
+    first_up = next(i for i, m in enumerate(messages) if m.get("state") == "connected")
+    lost_at = next(i for i, m in enumerate(messages) if m.get("state") == "reconnecting" and i > first_up)
     assert part_at < lost_at, "the partial line comes before the reconnecting status"
 
     client = Client()
@@ -317,6 +322,35 @@ def test_reconnect_backoff_doubles_up_to_the_cap(tmp_path, monkeypatch):
     gaps = [b - a for a, b in zip(failed, failed[1:])][:3]
     for gap, want in zip(gaps, [BACKOFF_FIRST, 2 * BACKOFF_FIRST, 0.4]):
         assert want - 0.02 <= gap < want + 0.5, f"gaps {gaps}: expected about {want}"
+
+
+class FailsFirstOpen(Recording):
+    """The real transport, whose first open() fails with something not a TransportError
+    (as getaddrinfo's UnicodeError for tcp://a..b:1, or a driver's odd exception)."""
+
+    def open(self):
+        if not self.opens:
+            self.opens.append((time.monotonic(), False))
+            raise ValueError("unexpected failure inside open()")
+        super().open()
+
+
+def test_unexpected_error_in_open_is_retried_not_fatal(tmp_path):
+    peer = TcpServerPeer(tmp_path)
+    name = f"link{next(_names)}"
+    hub = Hub(name, run="test-run")
+    link = DeviceLink(DeviceConfig(name=name, url=peer.url), hub, FailsFirstOpen(transports.create(peer.url)))
+    link.start()
+    reader = link._reader
+    try:
+        wait_for(lambda: link.state is State.CONNECTED or not reader.is_alive(), 5,
+                 what="the link to connect or its reader to die")
+        assert reader.is_alive(), "device-rx thread died on an exception from open()"
+        peer.attach()
+        assert [ok for _, ok in link.transport.opens][:2] == [False, True]
+    finally:
+        link.stop(timeout=5)
+        peer.close()
 
 
 # -- stopping -----------------------------------------------------------------------------

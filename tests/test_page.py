@@ -423,12 +423,12 @@ def test_works_with_auth_on(gateway, open_page):
     assert watch.sockets and all("token=s3cr%2Bt" in u for u in watch.sockets), watch.sockets
     watch.assert_clean()
 
-    # A view token watches; what it tries to send is refused, and says so.
+    # A view token watches; the page knows from hello that it may not send.
     page, watch = open_page(runner, path="/?token=look")
     expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
     expect(row(page, "rx", "with a token")).to_have_count(1)
-    send(page, "PING")
-    expect(page.locator("#log .row.err")).to_contain_text("may not send")
+    expect(page.locator("#send-button")).to_be_disabled()
+    expect(page.locator("#device-buttons button").first).to_be_disabled()
     watch.assert_clean()
 
 

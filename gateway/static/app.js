@@ -289,8 +289,10 @@
       this.showPhase();
       const live = phase === "live";
       $("device-list").classList.toggle("stale", phase === "away");
-      $("send-button").disabled = !live;
-      for (const b of $("device-buttons").querySelectorAll("button")) b.disabled = !live;
+      const canSend = live && this.role !== "view";  // a view token may watch, not send
+      $("send-button").disabled = !canSend;
+      $("send-button").title = live && !canSend ? "this token may only watch" : "";
+      for (const b of $("device-buttons").querySelectorAll("button")) b.disabled = !canSend;
     }
 
     showPhase() {
@@ -376,6 +378,7 @@
         this.floor = this.seq;
       }
       this.run = msg.run;
+      this.role = msg.role || "control";
       this.attempt = 0;
       clearTimeout(this.helloTimer);
       chart.resetClock();
@@ -796,7 +799,7 @@
       b.type = "button";
       b.title = "sends: " + spec.line;
       b.dataset.line = spec.line;
-      b.disabled = !(stream && stream.phase === "live");
+      b.disabled = !(stream && stream.phase === "live" && stream.role !== "view");
       b.addEventListener("click", () => pressButton(b, spec));
       box.append(b);
       const dir = spec.label.trim().toLowerCase();

@@ -29,6 +29,10 @@ def host_port(url: SplitResult, what: str = "HOST:PORT") -> tuple[str, int]:
         raise ValueError(f"bad port: {exc}") from None
     if not host or port is None:
         raise ValueError(f"{url.scheme}:// needs {what}")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"bad host name {host!r}") from None
     return host, port
 
 
