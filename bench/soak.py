@@ -15,6 +15,7 @@ import argparse
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,31 @@ def threads(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def stalled_client(host: str, port: int) -> socket.socket:
+    """Completes the handshake, then never reads, with a receive buffer too small for
+    the kernel to hide the stall (Linux grows an unset one up to tcp_rmem's 32 MiB)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.sendall(b"GET /ws/sim HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    return sock
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True when the gateway hung up (reads what is queued until EOF, without blocking)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def main() -> int:
@@ -58,6 +84,7 @@ def main() -> int:
         url = f"ws://{m.group(1)}:{m.group(2)}/ws/sim"
         time.sleep(1.0)  # let the device connect and the first lines flow
         samples = [("start", rss_kib(gw.pid), threads(gw.pid), cpu_seconds(gw.pid))]
+        stalled = stalled_client(m.group(1), int(m.group(2)))
         load = subprocess.Popen(["node", str(ROOT / "bench" / "soak_clients.mjs"), url, str(args.clients),
                                  str(args.reconnecting), str(args.seconds)], stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
@@ -69,6 +96,8 @@ def main() -> int:
                 next_sample += max(10, args.seconds // 10)
         samples.append(("end", rss_kib(gw.pid), threads(gw.pid), cpu_seconds(gw.pid)))
         result = json.loads(load.stdout.read())
+        result["stalled_client_closed_by_gateway"] = closed_by_peer(stalled)
+        stalled.close()
     finally:
         gw.send_signal(signal.SIGTERM)
         code = gw.wait(timeout=30)
