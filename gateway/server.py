@@ -17,6 +17,7 @@ import ssl
 import threading
 from http import HTTPStatus
 from importlib import resources
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from ws4py.exc import HandshakeError
@@ -29,6 +30,7 @@ from .security import origin_allowed, role_for, token_from
 
 log = logging.getLogger(__name__)
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
                 ".ico": "image/x-icon", ".txt": "text/plain; charset=utf-8"}
@@ -226,6 +228,14 @@ class GatewayApp:
             return self.static("index.html")
         if path.startswith("/static/"):
             return self.static(path[len("/static/"):])
+        if path == "/examples/arrows.html":
+            # The four-arrow example page, same-origin with the gateway (opened as a file,
+            # a page sends Origin: null, which the Origin check refuses).
+            try:
+                body = (EXAMPLES / "arrows.html").read_bytes()
+            except OSError:
+                raise HttpError(HTTPStatus.NOT_FOUND, "examples/arrows.html is not here") from None
+            return HTTPStatus.OK, [("Content-Type", STATIC_TYPES[".html"]), ("Cache-Control", "no-cache")], body
         raise HttpError(HTTPStatus.NOT_FOUND, f"no such route: {path}")
 
     def static(self, name: str):

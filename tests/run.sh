@@ -9,6 +9,8 @@ apt_packages=()
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 [ -x /usr/bin/chromium ] || apt_packages+=(chromium fonts-dejavu-core)  # the page tests (Playwright)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)  # tests/test_mqtt.py
+command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)  # tests/test_metrics.py scrapes with a real one
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "tests/run.sh: installing Debian packages: ${apt_packages[*]}"
   apt-get update -qq
@@ -18,5 +20,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+(cd examples && npm ci --no-audit --no-fund --loglevel=error)
 
 exec .venv/bin/python -m pytest "$@"

@@ -2,22 +2,33 @@
 
 No thread of its own: `read()` waits for answers to lines written, or for the next
 periodic telemetry line, whichever comes first. `GO N` bursts are produced lazily, a
-chunk per read, so a large N costs no memory.
+chunk per read, so a large N costs no memory. The device's end of the link (faults,
+pacing, replay) is gateway/simulator/link.py; this module only waits and hands bytes over.
+
+Options: `interval` (seconds between telemetry lines, default 1, or 0 with `replay`),
+`baud` (pace output at baud/10 bytes per second), `faults` (a schedule such as
+`drop@30,stall:2@20`), `replay` (a recording's path) and `speed` (of the replay; 0: as
+fast as possible). A dropped link (`FAULT DROP [SECONDS]`) makes the next `read()` raise
+TransportError, so the gateway sees the device vanish mid-line; `open()` fails for
+SECONDS, then opens a fresh device (uptime 0, LED off, the replay from its start).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
 from urllib.parse import SplitResult
 
-from ..codec import LineDecoder
 from ..simulator.device import SimulatedDevice
+from ..simulator.link import Link, check_baud, parse_schedule
+from ..simulator.replay import Replay, check_recording, check_speed, read_recording
 from .base import READ_TIMEOUT, Transport, TransportError
 
+log = logging.getLogger(__name__)
+
 CHUNK = 65536
+OPTIONS = ("interval", "baud", "faults", "replay", "speed")
 
 
 class SimTransport(Transport):
@@ -25,61 +36,80 @@ class SimTransport(Transport):
         super().__init__(url, options)
         if url.netloc or url.path not in ("", "/"):
             raise ValueError("sim:// takes no host or path, only options such as ?interval=0.5")
-        self.interval = 1.0
-        for key, value in options.items():
-            if key != "interval":
-                raise ValueError(f"unknown sim option {key!r}")
+        for key in options:
+            if key not in OPTIONS:
+                raise ValueError(f"unknown sim option {key!r} (known: {', '.join(OPTIONS)})")
+        self.replay_path = options.get("replay") or None
+        self.interval = 0.0 if self.replay_path else 1.0
+        if "interval" in options:
+            value = options["interval"]
             try:
                 self.interval = float(value)
             except ValueError:
                 raise ValueError(f"interval must be a number of seconds, not {value!r}") from None
             if not 0 <= self.interval < 1e6:
                 raise ValueError(f"interval must be between 0 and 1e6 seconds, not {value!r}")
+        self.baud = check_baud(options.get("baud", 0))
+        self.schedule = parse_schedule(options.get("faults", ""))
+        if "speed" in options and not self.replay_path:
+            raise ValueError("speed is the replay's: give replay=PATH too")
+        self.speed = check_speed(options.get("speed", 1.0))
+        if self.replay_path:
+            # The one piece of I/O before open(): a bad recording fails the config
+            # (naming the file and line) instead of making a device that never connects.
+            check_recording(self.replay_path)
         self._cond = threading.Condition()
-        self._out: deque[Iterator[str]] = deque()
-        self._decoder = LineDecoder()
-        self.device: SimulatedDevice | None = None
+        self.link: Link | None = None
+        self._down_until = 0.0  # after FAULT DROP SECONDS: open() fails until then
+
+    @property
+    def device(self) -> SimulatedDevice | None:
+        return self.link.device if self.link is not None else None
 
     def open(self) -> None:
         with self._cond:
-            self.device = SimulatedDevice(self.interval)
-            self._out.clear()
-            self._decoder.reset()
+            left = self._down_until - time.monotonic()
+            if left > 0:
+                raise TransportError(f"simulated device is down for {left:.1f} s more (FAULT DROP)")
+            if self.link is not None:
+                self.link.close()
+            replay = None
+            if self.replay_path:
+                replay = Replay(read_recording(self.replay_path), self.speed, time.monotonic())
+                if replay.error:
+                    raise TransportError(f"cannot replay: {replay.error}")
+            self.link = Link(SimulatedDevice(self.interval), baud=self.baud, schedule=self.schedule, replay=replay)
 
     def read(self) -> bytes:
         deadline = time.monotonic() + READ_TIMEOUT
         with self._cond:
-            while not self._out:
-                device = self.device
-                if device is None:
+            while True:
+                link = self.link
+                if link is None:
                     raise TransportError("simulator is closed")
-                line = device.telemetry_due()
-                if line is not None:
-                    return line.encode() + b"\n"
+                data = link.send(CHUNK)
+                if data:
+                    return data
+                if link.replay is not None and link.replay.error:
+                    log.warning("sim: replay of %s ended early: %s", self.replay_path, link.replay.error)
+                    link.replay.error = None
+                if link.dropped:
+                    self._down_until = time.monotonic() + link.down_for
+                    raise TransportError("the simulated link dropped (FAULT DROP)")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return b""
-                due = device.seconds_to_telemetry()
-                self._cond.wait(remaining if due is None else min(remaining, due))
-            chunks: list[str] = []
-            size = 0
-            while self._out and size < CHUNK:
-                for line in self._out[0]:
-                    chunks.append(line)
-                    size += len(line) + 1
-                    if size >= CHUNK:
-                        break
-                else:
-                    self._out.popleft()
-        return ("\n".join(chunks) + "\n").encode() if chunks else b""
+                wait = link.wait()
+                self._cond.wait(remaining if wait is None else min(remaining, wait))
 
     def write(self, data: bytes) -> None:
         with self._cond:
-            device = self.device
-            if device is None:
+            link = self.link
+            if link is None:
                 raise TransportError("simulator is closed")
-            for line in self._decoder.feed(data):
-                self._out.append(iter(device.handle(line.text)))
+            if link.dropped:
+                raise TransportError("the simulated link dropped (FAULT DROP)")
+            link.receive(data)
             self._cond.notify()
 
     def cancel(self) -> None:
@@ -88,6 +118,7 @@ class SimTransport(Transport):
 
     def close(self) -> None:
         with self._cond:
-            self.device = None
-            self._out.clear()
+            if self.link is not None:
+                self.link.close()
+            self.link = None
             self._cond.notify_all()

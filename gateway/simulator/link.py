@@ -1,0 +1,335 @@
+"""The simulated device's end of a link, with no I/O: answers, telemetry, faults, a baud
+rate, a replay.
+
+`SimulatedDevice` (device.py) knows the line protocol; a `Link` wraps it with what a
+real link does to the bytes: `FAULT ...` commands and a fault schedule, pacing at
+`baud / 10` bytes per second, and a recorded session replayed alongside the answers.
+Each driver (the `sim://` transport, and serve.py's TCP, UDP and pty loop) does only the
+I/O: it passes what the gateway sent to `receive()`, writes what `send()` returns, sleeps
+at most `wait()` seconds, and checks `dropped`. Time comes from `clock`, so the tests
+move it by hand.
+
+Output is one queue, in order: answer lines (a `GO` burst is an iterator, drawn as it
+is sent), raw byte chunks (noise, replayed lines) and fault actions, which act when they
+reach the front. Telemetry is sent when the queue is empty, as the firmware does.
+
+Faults (`FAULT` commands answer `OK FAULT ...` first; a schedule acts unannounced):
+
+- `DROP [SECONDS]`: half a telemetry line, then the link goes down. A driver that can
+  drop a link (`can_drop`: `sim://`, TCP) sees `dropped` and `down_for`; for one that
+  cannot (a pty, UDP) the link stays up but goes silent for SECONDS (default 0). Either
+  way what was queued is lost, as with a device that reset.
+- `STALL [SECONDS]`: send nothing for SECONDS (default 1); lines received meanwhile are
+  answered afterwards.
+- `NOISE`: the ESP8266's 74880-baud boot noise as read at 115200, then CR LF.
+- `PARTIAL`: half a telemetry line, then nothing until the next line arrives; then the
+  rest of that line, then the answers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..codec import LineDecoder
+from .device import SimulatedDevice
+from .replay import Replay
+
+FILL = 65536  # bytes drawn from the queue at a time
+QUANTUM = 0.01  # seconds of output per send() when pacing at a baud rate
+MAX_QUEUED = 1000  # replayed lines waiting to be sent, at most
+MAX_FAULT_SECONDS = 3600.0
+MAX_BAUD = 100_000_000
+DEFAULT_SECONDS = {"DROP": 0.0, "STALL": 1.0}
+KINDS = ("DROP", "STALL", "NOISE", "PARTIAL")
+
+# What an ESP8266's ROM prints at 74880 baud on reset, read at 115200: not valid UTF-8,
+# no line end inside. The gateway must pass it on, never drop it or choke on it.
+BOOT_NOISE = bytes.fromhex("f01c87008ce09c9e82fe1c0cf0f88c60e26c8c04e0f862f08c0c7c8e9c63f8") + b"\r\n"
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # one of KINDS
+    seconds: float = 0.0
+    announce: bool = True  # answer `OK FAULT ...` (a command), or act silently (a schedule)
+
+    def describe(self) -> str:
+        return self.kind + (f" {self.seconds:g}" if self.kind in DEFAULT_SECONDS else "")
+
+
+@dataclass(frozen=True)
+class _LinkDown:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScheduledFault:
+    fault: Fault
+    every: float
+
+
+def parse_seconds(text: str, what: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is not a number of seconds") from None
+    if not 0 <= seconds <= MAX_FAULT_SECONDS:
+        raise ValueError(f"{what}: {text!r} is not between 0 and {MAX_FAULT_SECONDS:g} seconds")
+    return seconds
+
+
+def parse_fault(words: list[str], announce: bool = True) -> Fault:
+    """`["STALL", "2"]` -> Fault("STALL", 2.0). ValueError says what is wrong."""
+    if not words:
+        raise ValueError(f"missing fault ({', '.join(KINDS)})")
+    kind = words[0].upper()
+    if kind not in KINDS:
+        raise ValueError(f"unknown fault: {words[0]}")
+    if kind in DEFAULT_SECONDS:
+        if len(words) > 2:
+            raise ValueError(f"{kind} takes one number of seconds")
+        seconds = parse_seconds(words[1], kind) if len(words) == 2 else DEFAULT_SECONDS[kind]
+        return Fault(kind, seconds, announce)
+    if len(words) > 1:
+        raise ValueError(f"{kind} takes no argument")
+    return Fault(kind, 0.0, announce)
+
+
+def parse_schedule(spec: str) -> tuple[ScheduledFault, ...]:
+    """`"drop@30,stall:2@20,noise@10"`: a fault every so many seconds.
+
+    Each entry is `KIND[:SECONDS]@EVERY`, the same as the command `FAULT KIND SECONDS`
+    run every EVERY seconds from when the link came up.
+    """
+    schedule = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        what, at, every = item.partition("@")
+        if not at:
+            raise ValueError(f"fault {item!r}: expected KIND[:SECONDS]@EVERY, e.g. drop@30 or stall:2@20")
+        period = parse_seconds(every, f"fault {item!r}")
+        if period < 0.05:
+            raise ValueError(f"fault {item!r}: every must be at least 0.05 s")
+        try:
+            fault = parse_fault(what.split(":"), announce=False)
+        except ValueError as exc:
+            raise ValueError(f"fault {item!r}: {exc}") from None
+        schedule.append(ScheduledFault(fault, period))
+    return tuple(schedule)
+
+
+def check_baud(value: str | float) -> float:
+    try:
+        baud = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"baud must be a number of bits per second (0: no pacing), not {value!r}") from None
+    if not (math.isfinite(baud) and (baud == 0 or 10 <= baud <= MAX_BAUD)):
+        raise ValueError(f"baud must be 0 (no pacing) or between 10 and {MAX_BAUD}, not {value!r}")
+    return baud
+
+
+def split_line(line: str) -> tuple[bytes, bytes]:
+    """A line cut in two, inside its second word's key when it has one:
+    `temp=21.53 hu` + `m=40.2 ...`, so the first half does not read as telemetry."""
+    space = line.find(" ")
+    cut = space + 3 if 0 <= space < len(line) - 3 else max(1, len(line) // 2)
+    data = line.encode() + b"\n"
+    return data[:cut], data[cut:]
+
+
+class Link:
+    def __init__(
+        self,
+        device: SimulatedDevice,
+        *,
+        baud: float = 0,
+        schedule: tuple[ScheduledFault, ...] = (),
+        replay: Replay | None = None,
+        can_drop: bool = True,
+        message_oriented: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.device = device
+        self.clock = clock
+        self.rate = check_baud(baud) / 10  # bytes per second, 8N1; 0: as fast as possible
+        self.quantum = max(1, int(self.rate * QUANTUM))
+        self.replay = replay
+        self.can_drop = can_drop
+        self.message_oriented = message_oriented  # UDP: send() returns at most one line
+        self.dropped = False
+        self.down_for = 0.0  # after a drop: seconds the device stays away
+        self._decoder = LineDecoder()
+        self._queue: deque[Iterator[str] | bytes | Fault | _LinkDown] = deque()
+        self._buf = bytearray()  # drawn from the queue, not yet sent
+        self._free_at = 0.0  # pacing: when the bytes sent so far are through the wire
+        self._stall_until = 0.0
+        self._held: bytes | None = None  # PARTIAL: the rest of the line, sent on input
+        now = clock()
+        self._schedule = [[entry, now + entry.every] for entry in schedule]
+
+    # -- input --------------------------------------------------------------------------
+
+    def receive(self, data: bytes, message_end: bool = False) -> None:
+        """Bytes from the gateway; `message_end` for a datagram (a line without a line end)."""
+        lines = self._decoder.feed(data)
+        if message_end:
+            lines += self._decoder.flush()
+        for line in lines:
+            if self.dropped:
+                return
+            if self._held is not None:
+                self._queue.appendleft(self._held)
+                self._held = None
+            self._queue.extend(self._answer(line.text))
+
+    def _answer(self, text: str) -> list:
+        words = text.split()
+        if not words or words[0].upper() != "FAULT":
+            return [iter(self.device.handle(text))]
+        try:
+            fault = parse_fault(words[1:])
+        except ValueError as exc:
+            return [iter([f"ERR {exc}"])]
+        return [iter([f"OK FAULT {fault.describe()}"]), fault]
+
+    # -- output -------------------------------------------------------------------------
+
+    def send(self, limit: int = FILL) -> bytes:
+        """The bytes to send now (b"" when nothing is due); at most `limit`."""
+        if self.dropped:
+            return b""
+        now = self.clock()
+        self._pump(now)
+        if self.rate and now < self._free_at:
+            return b""
+        if not self._buf:
+            self._fill(now)
+            if not self._buf:
+                return b""
+        n = min(limit, len(self._buf))
+        if self.message_oriented:
+            end = self._buf.find(b"\n", 0, n)
+            n = end + 1 if end >= 0 else n
+        elif self.rate:
+            n = min(n, self.quantum)
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        if self.rate:
+            # A driver that wakes a little late does not slow the line down; after an
+            # idle spell the line starts afresh, with no burst to make up for it.
+            late = now - self._free_at
+            start = self._free_at if late < self.quantum / self.rate else now
+            self._free_at = start + n / self.rate
+        return data
+
+    def wait(self) -> float | None:
+        """Seconds until `send()` may have bytes (0: now); None: not before `receive()`."""
+        if self.dropped:
+            return None
+        now = self.clock()
+        times = [at for _, at in self._schedule]
+        if self.replay is not None and self.replay.next_at is not None:
+            times.append(self.replay.next_at)
+        paced = self._free_at if self.rate else 0.0
+        if self._buf:
+            times.append(paced)
+        elif self._held is None:
+            ready = max(paced, self._stall_until)
+            if self._queue:
+                times.append(ready)
+            else:
+                due = self.device.seconds_to_telemetry()
+                if due is not None:
+                    times.append(max(ready, now + due))
+        if not times:
+            return None
+        return max(0.0, min(times) - now)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or half sent (telemetry and a replay may still come)."""
+        return not self._buf and not self._queue
+
+    def _pump(self, now: float) -> None:
+        """Queue the replayed lines and scheduled faults that are due."""
+        for entry in self._schedule:
+            if now >= entry[1]:
+                self._queue.append(entry[0].fault)
+                entry[1] += entry[0].every
+                if entry[1] <= now:  # we were not asked for a while: do not catch up
+                    entry[1] = now + entry[0].every
+        replay = self.replay
+        if replay is not None:
+            queued = len(self._queue)
+            while queued < MAX_QUEUED and (data := replay.pop_due(now)) is not None:
+                self._queue.append(data)
+                queued += 1
+
+    def _fill(self, now: float) -> None:
+        """Draw from the queue into the send buffer, acting on faults at its front."""
+        queue, buf = self._queue, self._buf
+        for _ in range(len(queue) + 2):  # each turn takes an item off, or fills the buffer
+            if buf or self.dropped or self._held is not None or now < self._stall_until:
+                return
+            if not queue:
+                line = self.device.telemetry_due()
+                if line is not None:
+                    buf += line.encode() + b"\n"
+                return
+            head = queue[0]
+            if isinstance(head, bytes):
+                buf += queue.popleft()
+            elif isinstance(head, Fault):
+                self._act(queue.popleft(), now)
+            elif isinstance(head, _LinkDown):
+                self._go_down(queue.popleft().seconds, now)
+            else:
+                for line in head:
+                    buf += line.encode() + b"\n"
+                    if len(buf) >= FILL:
+                        break
+                else:
+                    queue.popleft()
+
+    def _act(self, fault: Fault, now: float) -> None:
+        if fault.kind == "STALL":
+            self._stall_until = now + fault.seconds
+        elif fault.kind == "NOISE":
+            self._buf += BOOT_NOISE
+        elif fault.kind == "PARTIAL":
+            first, self._held = split_line(self.device.telemetry_line())
+            self._buf += first
+        elif fault.kind == "DROP":
+            first, _ = split_line(self.device.telemetry_line())
+            self._buf += first
+            self._queue.appendleft(_LinkDown(fault.seconds))
+
+    def _go_down(self, seconds: float, now: float) -> None:
+        self._queue.clear()
+        self._decoder.reset()
+        self._held = None
+        if self.can_drop:
+            self.dropped = True
+            self.down_for = seconds
+        else:
+            self._stall_until = now + seconds
+
+    def reset(self) -> None:
+        """A new connection: forget what was queued for, or half read from, the old one."""
+        self._queue.clear()
+        self._buf.clear()
+        self._decoder.reset()
+        self._held = None
+        self._stall_until = 0.0
+        self.dropped = False
+        self.down_for = 0.0
+        now = self.clock()
+        for entry in self._schedule:
+            entry[1] = now + entry[0].every
+
+    def close(self) -> None:
+        if self.replay is not None:
+            self.replay.close()
