@@ -6,8 +6,9 @@ stopped together.
 
 Threads it owns, all named and joined with a deadline on shutdown: the HTTP server's
 accept loop ("http-accept"), one per request in progress ("http:ADDR"), ws4py's manager
-("WebSocketManager", reads every client), the Sender ("ws-tx", writes every client), and
-two per device ("device-rx:NAME", "device-tx:NAME").
+("WebSocketManager", reads every client), the Sender ("ws-tx", writes every client),
+two per device ("device-rx:NAME", "device-tx:NAME"), and the sinks' ("mqtt-sink" with
+paho's "paho-mqtt-client-<client_id>-NAME", "recorder").
 """
 
 from __future__ import annotations

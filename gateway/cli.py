@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import ssl
 import sys
@@ -41,6 +42,11 @@ def load_config(args) -> Config:
     return apply_flags(config, args.host, args.port, args.device)
 
 
+def masked(url: str) -> str:
+    """A URL fit to print: a password in it becomes ***."""
+    return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"listening on {gw.url}", flush=True)
     print(f"control page: {gw.url}/", flush=True)
     for name, link in gw.links.items():
-        print(f"device {name}: {link.config.url} -> {gw.url.replace('http', 'ws', 1)}/ws/{name}", flush=True)
+        print(f"device {name}: {masked(link.config.url)} -> {gw.url.replace('http', 'ws', 1)}/ws/{name}", flush=True)
     try:
         while not stop.wait(1.0):
             pass

@@ -250,6 +250,10 @@ def _check_mqtt(mqtt: MqttConfig, where: str) -> None:
         raise _fail(where, "mqtt.url", mqtt.url, "expected mqtt://HOST:PORT")
     if not mqtt.prefix or any(c in mqtt.prefix for c in "#+") or mqtt.prefix.startswith("/"):
         raise _fail(where, "mqtt.prefix", mqtt.prefix, "expected a topic prefix without wildcards")
+    if mqtt.buffer < 1:
+        raise _fail(where, "mqtt.buffer", mqtt.buffer, "expected at least 1 message")
+    if not 0 <= mqtt.keepalive <= 65535:
+        raise _fail(where, "mqtt.keepalive", mqtt.keepalive, "expected 0 to 65535 seconds")
 
 
 def from_dict(data: dict, where: str) -> Config:

@@ -12,7 +12,8 @@ import pytest
 
 from gateway.config import Config, LimitsConfig, ServerConfig, apply_flags
 
-GATEWAY_THREAD_PREFIXES = ("device-rx:", "device-tx:", "ws-tx", "WebSocketManager", "http:", "http-accept", "sim-")
+GATEWAY_THREAD_PREFIXES = ("device-rx:", "device-tx:", "ws-tx", "WebSocketManager", "http:", "http-accept", "sim-",
+                           "mqtt-sink", "recorder", "paho-mqtt-client-gateway-")
 
 
 def gateway_threads() -> list[str]:

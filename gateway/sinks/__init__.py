@@ -4,10 +4,39 @@ A sink implements `hub.Listener` (`on_records`, `on_state`: queue only, never bl
 plus `start()` and `stop(timeout)`; it owns its thread. `build_sinks(gateway)` makes the
 sinks the config asks for; the Gateway adds each to every device's hub, starts them
 before the devices and stops them after.
+
+- `TelemetryCache` (always): the last value of each numeric telemetry key, for /metrics.
+- `MqttSink` (when `[mqtt] url` is set): rx, telemetry and status topics, tx commands.
+- `Recorder` (when a device has `record = "path"`): a JSON-lines recording per device.
 """
 
 from __future__ import annotations
 
+from .base import Sink
+from .telemetry import TelemetryCache
 
-def build_sinks(gateway) -> list:
-    return []
+
+def build_sinks(gateway) -> list[Sink]:
+    sinks: list[Sink] = [TelemetryCache()]
+    config = gateway.config
+    if config.mqtt.url and any(link.config.kind != "mqtt" for link in gateway.links.values()):
+        from .mqtt import MqttSink  # paho-mqtt is imported only when MQTT is configured
+
+        sinks.append(MqttSink(config.mqtt, gateway))
+    recorded = {name: link.config.record for name, link in gateway.links.items() if link.config.record}
+    if recorded:
+        from .recording import Recorder
+
+        sinks.append(Recorder(recorded))
+    return sinks
+
+
+def find_sink(gateway, kind: type) -> Sink | None:
+    """The gateway's sink of class `kind`, or None."""
+    for sink in getattr(gateway, "sinks", ()):
+        if isinstance(sink, kind):
+            return sink
+    return None
+
+
+__all__ = ["Sink", "TelemetryCache", "build_sinks", "find_sink"]

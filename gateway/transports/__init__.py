@@ -24,6 +24,7 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "tcp": ("net", "TcpTransport"),
     "tcp-listen": ("net", "TcpListenTransport"),
     "udp": ("net", "UdpTransport"),
+    "mqtt": ("mqtt", "MqttTransport"),
 }
 
 #: Options every device takes, in its URL query or as config keys.

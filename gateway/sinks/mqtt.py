@@ -1,0 +1,398 @@
+"""The MQTT sink (`[mqtt]` in the config): each device's lines, telemetry and state on a
+broker, and lines from the broker written to the device.
+
+Per device NAME, under the configured PREFIX:
+
+- `PREFIX/NAME/rx`: each line's raw bytes, without terminator (QoS 0);
+- `PREFIX/NAME/telemetry`: `{"ts": ..., "seq": N, "data": {...}}` for telemetry lines (QoS 0);
+- `PREFIX/NAME/status`: `{"state": "connected" | "reconnecting" | "disconnected", "ts": ...}`,
+  retained, QoS 1, published at every change and after every (re)connect; the last
+  will `{"state": "offline"}` marks the device offline when the gateway dies;
+- `PREFIX/NAME/tx`: subscribed (QoS 1); each line of a message is written to the device,
+  through the device's allowlist. A retained command waiting on the broker when the
+  sink subscribes is ignored (it would run again at every reconnect).
+- with `discovery = true`, Home Assistant discovery: a retained sensor config under
+  `DISCOVERY_PREFIX/sensor/NODE/KEY/config` for each numeric key the first time it is
+  seen, and its value on `PREFIX/NAME/telemetry/KEY`.
+
+Devices of kind `mqtt` are skipped: what a gateway read from the broker is never
+published back (no loops).
+
+One paho client per device, because a last will covers one topic; each runs paho's
+network thread ("paho-mqtt-client-CLIENT_ID-NAME"; CLIENT_ID defaults to gateway-RUN),
+which reconnects with backoff (0.2 s doubling to 5 s). The device reader only appends records to a bounded deque per device
+(`buffer` lines; when full the oldest are dropped and counted); the "mqtt-sink" thread
+publishes them while the device's client is connected, with at most WINDOW QoS 0
+messages handed to paho and not yet written, so a slow broker cannot make paho's own
+queue grow without bound. Messages paho held when a connection broke are counted as
+dropped too. Nothing here calls paho while holding `_cond`: paho calls back into us
+holding its own locks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from paho.mqtt.client import MQTT_ERR_NO_CONN
+
+from ..codec import LineError, encode_line
+from ..config import MqttConfig
+from ..device import WriteRequest
+from ..hub import Record, State
+from ..transports.mqtt import Broker, end_client, new_client, parse_broker
+from .base import Sink
+
+log = logging.getLogger(__name__)
+
+WINDOW = 1000  # QoS 0 messages handed to paho per device and not yet written to the socket (about)
+REFILL = WINDOW // 2  # lines taken per batch, once no more than this many messages are in flight
+MAX_DISCOVERY_KEYS = 200  # Home Assistant sensors announced per device
+STOP_FLUSH = 2.0  # seconds stop() spends at most publishing what is still queued
+
+
+@dataclass
+class MqttStats:
+    connected: bool = False
+    connects: int = 0  # successful connections to the broker (reconnects = connects - 1)
+    published: int = 0  # messages handed to paho (rx, telemetry, status, discovery)
+    dropped: int = 0  # lines dropped (buffer full) plus messages lost with a broken connection
+    commands: int = 0  # lines from PREFIX/NAME/tx queued for the device
+    commands_refused: int = 0  # lines from tx not written (device offline, allowlist, encoding, retained)
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+
+def slug(text: str) -> str:
+    """An id Home Assistant accepts: letters, digits, '_' and '-'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def discovery_config(cfg: MqttConfig, device: str, kind: str, key: str) -> tuple[str, dict]:
+    """Home Assistant's MQTT discovery topic and payload for one numeric telemetry key."""
+    node = slug(f"{cfg.prefix}_{device}")
+    obj = slug(key)
+    base = f"{cfg.prefix}/{device}"
+    return f"{cfg.discovery_prefix}/sensor/{node}/{obj}/config", {
+        "name": key,
+        "unique_id": f"{node}_{obj}",
+        "state_topic": f"{base}/telemetry/{key}",
+        "state_class": "measurement",
+        "availability": [{
+            "topic": f"{base}/status",
+            "value_template": "{{ 'online' if value_json.state == 'connected' else 'offline' }}",
+        }],
+        "device": {"identifiers": [node], "name": device, "model": f"{kind}:// device", "manufacturer": "gateway"},
+        "origin": {"name": "gateway"},
+    }
+
+
+class _Channel:
+    """One device's client, queue and counters."""
+
+    def __init__(self, sink: "MqttSink", link, client_id: str):
+        cfg = sink.config
+        self.sink = sink
+        self.link = link
+        self.name = link.name
+        base = f"{cfg.prefix}/{self.name}"
+        self.topic_rx, self.topic_telemetry = f"{base}/rx", f"{base}/telemetry"
+        self.topic_status, self.topic_tx = f"{base}/status", f"{base}/tx"
+        self.queue: deque[Record] = deque(maxlen=max(1, cfg.buffer))  # guarded by sink._cond
+        self.state: State = link.state  # the newest state; guarded by sink._cond
+        self.status_due = True  # publish the status at the next chance
+        self.epoch = 0  # +1 per connection
+        self.stats = MqttStats()
+        # Only the sink's thread touches these:
+        self.inflight: deque[tuple[object, int]] = deque()  # (MQTTMessageInfo, epoch)
+        self.status_info = None
+        self.wake_mid = None  # on_publish of this message wakes the sink's thread
+        self.known_keys: dict[str, None] = {}  # numeric keys announced, in order
+        self.announced_epoch = -1  # the connection they were last announced on
+        self.client = new_client(client_id, sink.broker, cfg.keepalive)
+        self.client.will_set(self.topic_status, json.dumps({"state": "offline"}), qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._failing = False
+
+    # -- paho's thread --------------------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt %s: broker refused device %s: %s", self.sink.broker.describe(), self.name, reason_code)
+            return
+        client.subscribe(self.topic_tx, qos=1)
+        log.info("mqtt %s: device %s published as %s/", self.sink.broker.describe(), self.name,
+                 self.topic_rx.rsplit("/", 1)[0])
+        self._failing = False
+        with self.sink._cond:
+            self.stats.connected = True
+            self.stats.connects += 1
+            self.epoch += 1
+            self.status_due = True
+            self.sink._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self.sink._cond:
+            was = self.stats.connected
+            self.stats.connected = False
+            stopping = self.sink._stopping
+        if was and not stopping:
+            log.warning("mqtt %s: device %s lost the broker (%s); reconnecting",
+                        self.sink.broker.describe(), self.name, reason_code)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if not self._failing:
+            log.warning("mqtt %s: cannot connect for device %s (retrying with backoff)",
+                        self.sink.broker.describe(), self.name)
+            self._failing = True
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if mid == self.wake_mid or self.sink._stopping:  # read unlocked: a miss costs one short wait
+            with self.sink._cond:
+                self.sink._cond.notify_all()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        stats = self.stats
+        if msg.retain:
+            stats.commands_refused += 1
+            log.warning("mqtt: ignored a retained message on %s (commands must not be retained)", msg.topic)
+            return
+        cfg = self.link.config
+        try:
+            text = msg.payload.decode(cfg.encoding)
+        except UnicodeDecodeError:
+            stats.commands_refused += 1
+            log.warning("mqtt: %s: message is not valid %s; not written", msg.topic, cfg.encoding)
+            return
+        allow = getattr(self.link, "allow", None)
+        for line in text.splitlines() or [""]:
+            try:
+                if allow is not None and not allow.allows(line):
+                    raise LineError(f"line not allowed on device {self.name}")
+                data = encode_line(line, cfg.encoding, cfg.eol_bytes, cfg.max_line)
+            except LineError as exc:
+                stats.commands_refused += 1
+                log.warning("mqtt: %s: %s", msg.topic, exc)
+                continue
+            error = self.link.submit(WriteRequest(data))
+            if error is None:
+                stats.commands += 1
+            else:
+                stats.commands_refused += 1
+                log.info("mqtt: %s: not written: %s", msg.topic, error)
+
+
+class MqttSink(Sink):
+    thread_name = "mqtt-sink"
+
+    def __init__(self, config: MqttConfig, gateway):
+        self.config = config
+        self.broker: Broker = parse_broker(urlsplit(config.url))
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._stop_deadline = 0.0
+        client_id = config.client_id or f"gateway-{gateway.run_id}"
+        self.channels: dict[str, _Channel] = {
+            name: _Channel(self, link, f"{client_id}-{name}")
+            for name, link in gateway.links.items() if link.config.kind != "mqtt"
+        }
+        self._thread = threading.Thread(target=self._run, name=self.thread_name)
+
+    @property
+    def stats(self) -> dict[str, MqttStats]:
+        return {name: ch.stats for name, ch in self.channels.items()}
+
+    def buffered(self, device: str) -> int:
+        return len(self.channels[device].queue)
+
+    # -- hub.Listener: the device's reader thread -------------------------------------------
+
+    def on_records(self, device: str, records: list[Record]) -> None:
+        ch = self.channels.get(device)
+        if ch is None:
+            return
+        with self._cond:
+            queue = ch.queue
+            over = len(queue) + len(records) - queue.maxlen
+            queue.extend(records)  # a full deque drops its oldest
+            if over > 0:
+                ch.stats.dropped += over
+            self._cond.notify_all()
+
+    def on_state(self, device: str, state: State) -> None:
+        ch = self.channels.get(device)
+        if ch is None:
+            return
+        with self._cond:
+            ch.state = state
+            ch.status_due = True
+            self._cond.notify_all()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for ch in self.channels.values():
+            with self._cond:
+                ch.state = ch.link.state
+            ch.client.connect_async(self.broker.host, self.broker.port, self.config.keepalive)
+            ch.client.loop_start()
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish what is queued (at most STOP_FLUSH s), then disconnect cleanly."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._stopping = True
+            self._stop_deadline = time.monotonic() + min(STOP_FLUSH, timeout / 2)
+            self._cond.notify_all()
+        if self._thread.ident is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.warning("mqtt: thread %s did not stop within %.1f s", self._thread.name, timeout)
+        for ch in self.channels.values():
+            end_client(ch.client)
+
+    # -- the sink's thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            for ch in self.channels.values():
+                self._prune(ch)
+            jobs = []
+            with self._cond:
+                stopping = self._stopping
+                for ch in self.channels.values():
+                    if not ch.stats.connected:
+                        continue
+                    status = None
+                    if ch.status_due:
+                        ch.status_due = False
+                        status = ch.state
+                    records = []
+                    if len(ch.inflight) <= REFILL:  # refill in batches, not a message at a time
+                        records = [ch.queue.popleft() for _ in range(min(REFILL, len(ch.queue)))]
+                    if status is not None or records or (self.config.discovery and ch.announced_epoch != ch.epoch):
+                        jobs.append((ch, ch.epoch, status, records))
+                if not jobs:
+                    if stopping and (self._flushed() or time.monotonic() >= self._stop_deadline):
+                        return
+                    armed = self._arm_wake_up()
+                    self._cond.wait(0.05 if armed or stopping else 1.0)
+                    continue
+            for ch, epoch, status, records in jobs:
+                try:
+                    self._publish(ch, epoch, status, records)
+                except Exception:  # a bug here must not stop the other devices' publishing
+                    log.exception("mqtt: publishing for device %s failed", ch.name)
+            if stopping and time.monotonic() >= self._stop_deadline:
+                return
+
+    def _arm_wake_up(self) -> bool:
+        """For each device with lines waiting on a full window, ask its on_publish to wake
+        us when the window is half free (with _cond held). True if any was armed; the wait
+        is then short, since paho may have written that message just before we asked."""
+        armed = False
+        for ch in self.channels.values():
+            ch.wake_mid = None
+            if ch.queue and len(ch.inflight) > REFILL:
+                ch.wake_mid = ch.inflight[len(ch.inflight) - REFILL - 1][0].mid
+                armed = True
+        return armed or self._stopping
+
+    def _flushed(self) -> bool:
+        """Nothing left that could still reach the broker (called with _cond held)."""
+        for ch in self.channels.values():
+            if not ch.stats.connected:
+                continue
+            if ch.queue or ch.status_due or ch.inflight:
+                return False
+            if ch.status_info is not None and not ch.status_info.is_published():
+                return False
+        return True
+
+    def _prune(self, ch: _Channel) -> None:
+        """Forget the messages paho wrote; count those a broken connection took."""
+        inflight = ch.inflight
+        lost = 0
+        while inflight:
+            info, epoch = inflight[0]
+            if info.is_published():
+                inflight.popleft()
+            elif epoch != ch.epoch or not ch.stats.connected:
+                inflight.popleft()
+                lost += 1
+            else:
+                break
+        if lost:
+            with self._cond:
+                ch.stats.dropped += lost
+
+    def _send(self, ch: _Channel, epoch: int, topic: str, payload, qos: int = 0, retain: bool = False):
+        info = ch.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTT_ERR_NO_CONN and qos:
+            ch.stats.published += 1  # paho holds it and sends it after the reconnect
+            return None
+        if info.rc:
+            with self._cond:
+                ch.stats.dropped += 1
+            return None
+        ch.stats.published += 1
+        if qos == 0:
+            ch.inflight.append((info, epoch))
+        return info
+
+    def _publish(self, ch: _Channel, epoch: int, status: State | None, records: list[Record]) -> None:
+        discovery = self.config.discovery
+        if status is not None:
+            payload = json.dumps({"state": status.value, "ts": round(time.time(), 3)})
+            ch.status_info = self._send(ch, epoch, ch.topic_status, payload, qos=1, retain=True)
+        if discovery and ch.announced_epoch != epoch:
+            ch.announced_epoch = epoch  # a new connection: the broker may have lost them
+            for key in ch.known_keys:
+                self._announce(ch, epoch, key)
+        for record in records:
+            self._send(ch, epoch, ch.topic_rx, record.line.raw)
+            data = record.data
+            if data is None:
+                continue
+            payload = json.dumps({"ts": round(record.ts, 3), "seq": record.seq, "data": data}, separators=(",", ":"))
+            self._send(ch, epoch, ch.topic_telemetry, payload)
+            if discovery:
+                for key, value in _numbers(data).items():
+                    if key not in ch.known_keys:
+                        if len(ch.known_keys) >= MAX_DISCOVERY_KEYS:
+                            continue
+                        ch.known_keys[key] = None
+                        self._announce(ch, epoch, key)
+                    self._send(ch, epoch, f"{ch.topic_telemetry}/{key}", value)
+
+    def _announce(self, ch: _Channel, epoch: int, key: str) -> None:
+        topic, config = discovery_config(self.config, ch.name, ch.link.config.kind, key)
+        self._send(ch, epoch, topic, json.dumps(config), qos=1, retain=True)
+
+
+def _numbers(data: dict) -> dict[str, str]:
+    """The numeric keys of a telemetry line usable as topic levels, values as payloads."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, (int, float)):
+            text = json.dumps(value)
+        else:
+            continue
+        if key and not any(c in key for c in "#+\x00") and not key.startswith("/") and not key.endswith("/"):
+            out[key] = text
+    return out
