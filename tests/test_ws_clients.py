@@ -96,17 +96,21 @@ class Collector(WebSocketClient):
 
 
 def test_ws4py_threaded_client(start_gateway):
+    # Text mode: the gateway sends nothing before the client's first line. ws4py 0.6.0's
+    # threaded client starts its reader thread before it parses the bytes that came with
+    # the 101 response, so a frame that arrives together with the handshake (json mode's
+    # hello) is parsed by two threads at once, and the client closes with 1002 now and
+    # then. That is the client's bug; examples/python_ws4py_client.py uses text mode too.
     gw = start_gateway()
-    client = Collector(ws_url(gw, format="json"))
+    client = Collector(ws_url(gw))
     client.connect()
     try:
-        assert json.loads(client.messages.get(timeout=TIMEOUT))["type"] == "hello"
-        client.send(json.dumps({"line": "ECHO ws4py", "id": 9}))
-        assert json.loads(client.messages.get(timeout=TIMEOUT)) == {"type": "ack", "id": 9}
-        assert json.loads(client.messages.get(timeout=TIMEOUT))["line"] == "ws4py"
+        client.send("ECHO ws4py")
+        assert client.messages.get(timeout=TIMEOUT) == "ws4py"
+        client.send("PING\nGET led")
+        assert [client.messages.get(timeout=TIMEOUT) for _ in range(2)] == ["PONG", "led=0"]
     finally:
         client.close()
-        client.run_forever_thread = None
     wait_for(lambda: gw.links["sim"].hub.clients == 0, TIMEOUT, what="the client to leave")
 
 
