@@ -77,3 +77,25 @@ def assert_no_gateway_threads(timeout: float = 5.0) -> None:
         wait_for(lambda: not gateway_threads(), timeout, what="gateway threads to end")
     except AssertionError:
         raise AssertionError(f"threads left after shutdown: {gateway_threads()}") from None
+
+
+@pytest.fixture
+def simulator():
+    """simulator(listen, interval=0, **options) -> a standalone SimulatorServer
+    (tcp://, udp:// or pty) serving in a thread "sim-serve", stopped and joined after."""
+    from gateway.simulator.serve import SimulatorServer
+
+    started = []
+
+    def start(listen: str, interval: float = 0.0, **options):
+        server = SimulatorServer(listen, interval, **options)
+        thread = threading.Thread(target=server.serve, name="sim-serve")
+        thread.start()
+        started.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in started:
+        server.stop()
+        thread.join(5)
+        assert not thread.is_alive(), "sim-serve did not stop"

@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import websocket
 from conftest import wait_for, ws_url
-
-from gateway.simulator.serve import SimulatorServer
-
-
-@pytest.fixture
-def simulator():
-    servers = []
-
-    def start(listen: str) -> SimulatorServer:
-        server = SimulatorServer(listen, interval=0)
-        thread = threading.Thread(target=server.serve, name="sim-serve")
-        thread.start()
-        servers.append((server, thread))
-        return server
-
-    yield start
-    for server, thread in servers:
-        server.stop()
-        thread.join(5)
-        assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("kind, burst", [("tcp", 5000), ("udp", 100)])

@@ -420,35 +420,16 @@ def test_faults_schedule_from_the_url(start_gateway, clients):
 # -- the standalone simulator's drivers: TCP, UDP, pty ---------------------------------
 
 
-@pytest.fixture
-def serve():
-    """serve(listen, **options) -> a SimulatorServer running in a thread "sim-serve"."""
-    started = []
-
-    def start(listen: str, interval: float = 0.0, **options) -> SimulatorServer:
-        server = SimulatorServer(listen, interval, **options)
-        thread = threading.Thread(target=server.serve, name="sim-serve")
-        thread.start()
-        started.append((server, thread))
-        return server
-
-    yield start
-    for server, thread in started:
-        server.stop()
-        thread.join(5)
-        assert not thread.is_alive(), "sim-serve did not stop"
-
-
-def test_tcp_drop_through_the_gateway(start_gateway, serve, clients):
-    server = serve("tcp://127.0.0.1:0")
+def test_tcp_drop_through_the_gateway(start_gateway, simulator, clients):
+    server = simulator("tcp://127.0.0.1:0")
     gw = start_gateway(devices=[f"esp={server.url}"])
     assert gw.links["esp"].wait_connected(5)
     client = clients(ws_url(gw, "esp", format="json"))
     assert_drop_recovers(client, "FAULT DROP")
 
 
-def test_tcp_drop_with_seconds_refuses_dials_meanwhile(serve):
-    server = serve("tcp://127.0.0.1:0")
+def test_tcp_drop_with_seconds_refuses_dials_meanwhile(simulator):
+    server = simulator("tcp://127.0.0.1:0")
     address = urlsplit(server.url).hostname, urlsplit(server.url).port
     with socket.create_connection(address, timeout=5) as conn:
         conn.sendall(b"FAULT DROP 0.5\n")
@@ -484,8 +465,8 @@ def read_until(fd_or_sock, pattern: bytes, timeout: float = 5.0) -> bytes:
     return got
 
 
-def test_pty_drop_is_half_a_line_then_silence(serve):
-    server = serve("pty")
+def test_pty_drop_is_half_a_line_then_silence(simulator):
+    server = simulator("pty")
     fd = os.open(server.url, os.O_RDWR | os.O_NOCTTY)
     try:
         os.write(fd, b"FAULT DROP 0.5\nPING\n")
@@ -500,8 +481,8 @@ def test_pty_drop_is_half_a_line_then_silence(serve):
         os.close(fd)
 
 
-def test_udp_noise_and_stall_are_datagrams(serve):
-    server = serve("udp://127.0.0.1:0")
+def test_udp_noise_and_stall_are_datagrams(simulator):
+    server = simulator("udp://127.0.0.1:0")
     parts = urlsplit(server.url)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect((parts.hostname, parts.port))
@@ -516,8 +497,8 @@ def test_udp_noise_and_stall_are_datagrams(serve):
         assert time.monotonic() - asked >= 0.35
 
 
-def test_serve_baud_paces_go(serve):
-    server = serve("tcp://127.0.0.1:0", baud=38400)
+def test_serve_baud_paces_go(simulator):
+    server = simulator("tcp://127.0.0.1:0", baud=38400)
     parts = urlsplit(server.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=5) as conn:
         conn.sendall(b"GO 200\n")
@@ -529,12 +510,12 @@ def test_serve_baud_paces_go(serve):
     assert 0.85 * expected <= took <= 1.5 * expected + 0.5, (took, expected)
 
 
-def test_serve_schedule_and_command_line_checks(serve):
+def test_serve_schedule_and_command_line_checks(simulator):
     with pytest.raises(ValueError, match="unknown fault"):
         SimulatorServer("tcp://127.0.0.1:0", 0, faults="boom@1")
     with pytest.raises(ValueError, match="baud"):
         SimulatorServer("tcp://127.0.0.1:0", 0, baud=-1)
-    server = serve("pty", faults="noise@0.2")
+    server = simulator("pty", faults="noise@0.2")
     fd = os.open(server.url, os.O_RDWR | os.O_NOCTTY)
     try:
         assert read_until(fd, BOOT_NOISE + BOOT_NOISE).count(BOOT_NOISE) >= 2
