@@ -23,10 +23,8 @@ from gateway.config import Config, DeviceConfig, ServerConfig
 from gateway.simulator.device import SimulatedDevice
 from gateway.simulator.link import BOOT_NOISE, Link
 from gateway.simulator.replay import Entry, Replay, check_recording, parse_recording, read_recording
-import test_simulator_faults
 from test_simulator_faults import FakeClock, JsonClient, drain
 
-serve = test_simulator_faults.serve  # the fixture: a SimulatorServer in a thread
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0
@@ -187,9 +185,9 @@ def test_replay_through_the_gateway_in_order_and_at_speed(tmp_path, start_gatewa
     assert 0.55 <= span <= 1.4, span
 
 
-def test_replay_through_the_standalone_simulator_as_fast_as_possible(tmp_path, start_gateway, serve):
+def test_replay_through_the_standalone_simulator_as_fast_as_possible(tmp_path, start_gateway, simulator):
     path = record(tmp_path / "session.jsonl", SESSION * 20)
-    server = serve("tcp://127.0.0.1:0", None, replay=str(path), speed=0)
+    server = simulator("tcp://127.0.0.1:0", None, replay=str(path), speed=0)
     gw = start_gateway(devices=[f"esp={server.url}"], wait_connected=False)
     assert gw.links["esp"].wait_connected(5)
     ws = websocket.create_connection(ws_url(gw, "esp", since=0), timeout=5)  # text mode
