@@ -1,11 +1,21 @@
 """One device link per device: a reader thread, a writer thread, reconnect with backoff.
 
 The reader ("device-rx:NAME") opens the transport, feeds what it reads through the line
-codec into the hub, and when the device is lost flushes the partial line (nothing read
-is lost), closes, and opens again after 0.2 s, doubling to 5 s. The writer
-("device-tx:NAME") is the only thread that writes to the device: client lines wait in
-one bounded queue, in arrival order; a request (`reply: true`) holds the queue until the
-device answered or the request timed out.
+codec into the hub (for a transport with `flow_control`, TCP, it reads on only once its
+clients' queues have room: Hub.wait_for_room), and when the device is lost flushes the
+partial line (nothing read is lost), closes, and opens again after 0.2 s, doubling to
+5 s. The writer
+("device-tx:NAME") writes client lines to the device: they wait in one bounded queue, in
+arrival order; a request (`reply: true`) holds the queue until the device answered or the
+request timed out.
+
+One writer at a time: whoever writes to the transport holds `_write_lock` while it takes
+lines from the queue and writes them, so the order stays the queue's. Besides the writer
+thread, that may be ws4py's manager thread: for a transport with `try_write` (TCP), the
+lines of one client read are written straight from there when the lock is free, without
+blocking (`hold_writes` / `release_writes`), which saves a thread hand-off per line; what
+the socket does not take at once, a request that waits for a reply, or a busy writer
+leaves the rest to the writer thread.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from threading import get_ident
 from typing import Callable, Protocol
 
 from .codec import LineDecoder
@@ -29,15 +40,18 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 WRITE_QUEUE = 10000  # lines waiting for the device, all clients together
 BATCH_BYTES = 4096  # one write: at 9600 baud, 4.3 s, within a serial port's 5 s write timeout
+DIRECT_BYTES = 65536  # one non-blocking write from the manager thread (TCP only)
 
 
-@dataclass
+@dataclass(slots=True)
 class WriteRequest:
     data: bytes
     client: "Writer | None" = None
     id: object = None
     reply: bool = False
     timeout: float = 2.0
+    # The unwritten tail of a direct write carries the requests it completes.
+    then: list["WriteRequest"] | None = None
 
 
 class Writer(Protocol):
@@ -78,11 +92,19 @@ class DeviceLink:
         self.decoder = LineDecoder(config.encoding, config.max_line)
         self.allow = LineFilter(config.allow)
         self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._queue: deque[WriteRequest] = deque()  # guarded by _cond
+        # `with self._qlock` (a C lock) where the queue is only touched; the Condition on
+        # the same lock where the writer thread waits or is woken.
+        self._qlock = threading.Lock()
+        self._cond = threading.Condition(self._qlock)
+        self._queue: deque[WriteRequest] = deque()  # guarded by _qlock
         self._reader = threading.Thread(target=self._read_loop, name=f"device-rx:{self.name}")
         self._writer = threading.Thread(target=self._write_loop, name=f"device-tx:{self.name}")
         self._connected = threading.Event()
+        self._write_lock = threading.Lock()  # held by whoever writes to the transport
+        self._holder = 0  # the thread holding its lines back for one direct write (hold_writes)
+        self._try_write = getattr(transport, "try_write", None)
+        if transport.message_oriented or config.pace_ms:
+            self._try_write = None
 
     @property
     def state(self) -> State:
@@ -151,11 +173,14 @@ class DeviceLink:
             backoff = BACKOFF_FIRST
             self.decoder.reset()
             self._set_state(State.CONNECTED)
+            flow = getattr(transport, "flow_control", False)
             try:
                 while not self._stop.is_set():
                     data = transport.read()
                     if data:
                         self._deliver(data)
+                        if flow:
+                            self.hub.wait_for_room(self._stop)  # the device waits meanwhile
             except TransportError as exc:
                 if not self._stop.is_set():
                     log.warning("device %s: lost: %s", self.name, exc)
@@ -194,75 +219,134 @@ class DeviceLink:
         if self.hub.state is not State.CONNECTED:
             self.counters.errors += 1
             return f"device {self.name} is {self.hub.state.value}"
-        with self._cond:
+        with self._qlock:
             if len(self._queue) >= WRITE_QUEUE:
                 self.counters.write_queue_full += 1
                 self.counters.errors += 1
                 return f"device {self.name} write queue is full ({WRITE_QUEUE} lines)"
             self._queue.append(request)
-            self._cond.notify()
+            if self._holder != get_ident():  # a holder writes at release_writes()
+                self._cond.notify()
         return None
 
-    def _next_batch(self) -> list[WriteRequest]:
-        """Requests to write in one go: one request with a reply, or plain lines."""
-        with self._cond:
-            while not self._queue and not self._stop.is_set():
-                self._cond.wait(0.5)
-            if self._stop.is_set():
-                return []
-            first = self._queue.popleft()
-            batch = [first]
-            if first.reply or self.transport.message_oriented or self.config.pace_ms:
-                return batch
-            size = len(first.data)
-            while self._queue and size < BATCH_BYTES and not self._queue[0].reply:
-                req = self._queue.popleft()
-                size += len(req.data)
-                batch.append(req)
+    def hold_writes(self) -> None:
+        """The calling thread is about to submit several lines: write them together at
+        `release_writes()`. Only one thread (ws4py's manager) holds at a time."""
+        if self._try_write is not None:
+            self._holder = get_ident()
+
+    def release_writes(self) -> None:
+        if not self._holder:
+            return
+        self._holder = 0
+        if self._queue:
+            self._write_direct()
+
+    def _write_direct(self) -> None:
+        """Write queued lines from this thread without blocking, if no one else writes."""
+        if not self._write_lock.acquire(blocking=False):
+            with self._cond:
+                self._cond.notify()  # the writer thread is at work: it takes them next
+            return
+        try:
+            with self._qlock:
+                if not self._queue or self._queue[0].reply or self.hub.state is not State.CONNECTED:
+                    self._cond.notify()  # a request waits for its reply: the writer's job
+                    return
+                batch = self._take(DIRECT_BYTES)
+            data = batch[0].data if len(batch) == 1 else b"".join(r.data for r in batch)
+            try:
+                sent = self._try_write(data)
+            except TransportError as exc:
+                self._fail(batch, f"device {self.name} lost: {exc}")
+                return
+            if sent < len(data):
+                # The socket is full: the writer thread writes the rest, first, then acks.
+                rest = WriteRequest(data[sent:], then=batch)
+                with self._qlock:
+                    self._queue.appendleft(rest)
+                    self._cond.notify()
+                self.counters.bytes_out += sent
+                return
+            self.counters.bytes_out += len(data)
+        finally:
+            self._write_lock.release()
+        self._written(batch)
+
+    def _written(self, batch: list[WriteRequest]) -> None:
+        for req in batch:
+            if req.then is not None:
+                self._written(req.then)
+                continue
+            self.counters.lines_out += 1
+            if req.client is not None:
+                req.client.acked(req)
+
+    def _take(self, limit: int) -> list[WriteRequest]:
+        """Requests to write in one go (under _qlock): one request with a reply, or plain lines."""
+        first = self._queue.popleft()
+        batch = [first]
+        if first.reply or self.transport.message_oriented or self.config.pace_ms:
             return batch
+        size = len(first.data)
+        while self._queue and size < limit and not self._queue[0].reply:
+            req = self._queue.popleft()
+            size += len(req.data)
+            batch.append(req)
+        return batch
 
     def _write_loop(self) -> None:
         pace = self.config.pace_ms / 1000.0
         while not self._stop.is_set():
-            batch = self._next_batch()
-            if not batch:
-                continue
-            if self.hub.state is not State.CONNECTED:
-                self._fail(batch, f"device {self.name} is {self.hub.state.value}")
-                continue
-            request = batch[0]
-            event = None
-            if request.reply and request.client is not None:
-                event = self.hub.expect_reply(request.client, request.id)
-            data = request.data if len(batch) == 1 else b"".join(r.data for r in batch)
-            try:
-                self.transport.write(data)
-            except WriteTimeout as exc:
-                self._fail(batch, str(exc))
-                if event is not None:
-                    self.hub.cancel_reply(event)
-                continue
-            except TransportError as exc:
-                self._fail(batch, f"device {self.name} lost: {exc}")
-                if event is not None:
-                    self.hub.cancel_reply(event)
-                continue
-            self.counters.lines_out += len(batch)
-            self.counters.bytes_out += len(data)
-            for req in batch:
-                if req.client is not None:
-                    req.client.acked(req)
-            if event is not None and not event.wait(request.timeout) and self.hub.cancel_reply(event):
-                self.counters.errors += 1
-                request.client.failed(request, f"no reply within {request.timeout:g} s")
-            if pace:
-                self._stop.wait(pace)
+            with self._cond:
+                while not self._queue and not self._stop.is_set():
+                    self._cond.wait(0.5)
+            if self._stop.is_set():
+                break
+            with self._write_lock:
+                with self._qlock:
+                    if not self._queue:
+                        continue  # a direct write took them
+                    batch = self._take(BATCH_BYTES)
+                self._write_batch(batch)
+                if pace:
+                    self._stop.wait(pace)
         with self._cond:
             left, self._queue = list(self._queue), deque()
         self._fail(left, "gateway is shutting down")
 
+    def _write_batch(self, batch: list[WriteRequest]) -> None:
+        if self.hub.state is not State.CONNECTED:
+            self._fail(batch, f"device {self.name} is {self.hub.state.value}")
+            return
+        request = batch[0]
+        event = None
+        if request.reply and request.client is not None:
+            event = self.hub.expect_reply(request.client, request.id)
+        data = request.data if len(batch) == 1 else b"".join(r.data for r in batch)
+        try:
+            self.transport.write(data)
+        except WriteTimeout as exc:
+            self._fail(batch, str(exc))
+            if event is not None:
+                self.hub.cancel_reply(event)
+            return
+        except TransportError as exc:
+            self._fail(batch, f"device {self.name} lost: {exc}")
+            if event is not None:
+                self.hub.cancel_reply(event)
+            return
+        self.counters.bytes_out += len(data)
+        self._written(batch)
+        if event is not None and not event.wait(request.timeout) and self.hub.cancel_reply(event):
+            self.counters.errors += 1
+            request.client.failed(request, f"no reply within {request.timeout:g} s")
+
     def _fail(self, batch: list[WriteRequest], error: str) -> None:
-        self.counters.errors += len(batch)
         for req in batch:
+            if req.then is not None:
+                self._fail(req.then, error)
+                continue
+            self.counters.errors += 1
             if req.client is not None:
                 req.client.failed(req, error)

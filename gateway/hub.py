@@ -14,16 +14,29 @@ import threading
 import time
 from collections import deque
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import frames, telemetry
 from .codec import Line
+
+if TYPE_CHECKING:
+    from .outbound import Outbox, Sender
 
 FORMATS = ("text", "json", "binary")
 
 
 def _json_frame(msg: dict) -> bytes:
     return frames.text(json.dumps(msg, separators=(",", ":")))
+
+
+def _text_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:  # a device line usually: skip frames.frame's general case
+        return _SHORT_TEXT[n] + payload
+    return frames.frame(frames.TEXT, payload)
+
+
+_SHORT_TEXT = [bytes((0x80 | frames.TEXT, n)) for n in range(126)]
 
 
 class State(Enum):
@@ -34,6 +47,7 @@ class State(Enum):
 
 class Subscriber(Protocol):
     fmt: str
+    outbox: "Outbox | None"  # its queue, for flow control (wait_for_room)
 
     def deliver(self, items: list[bytes]) -> None: ...
 
@@ -53,7 +67,7 @@ class Listener(Protocol):
 class Record:
     """A numbered device line and its frames, each built at most once."""
 
-    __slots__ = ("seq", "ts", "line", "_data", "_frames", "device")
+    __slots__ = ("seq", "ts", "line", "_data", "_frames", "device", "_text")
 
     def __init__(self, device: str, seq: int, ts: float, line: Line):
         self.device = device
@@ -61,7 +75,15 @@ class Record:
         self.ts = ts
         self.line = line
         self._data: dict | None | bool = False  # False: not parsed yet
-        self._frames: dict[str, bytes] = {}
+        self._frames: dict[str, bytes] | None = None  # json, binary: built when first asked for
+        self._text: bytes | None = None  # the text frame (built in publish for text clients)
+
+    def text_frame(self) -> bytes:
+        f = self._text
+        if f is None:
+            line = self.line
+            f = self._text = _text_frame(line.text.encode("utf-8")) if line.valid else frames.binary(line.raw)
+        return f
 
     @property
     def data(self) -> dict | None:
@@ -70,15 +92,18 @@ class Record:
         return self._data
 
     def frame(self, fmt: str) -> bytes:
-        f = self._frames.get(fmt)
+        if fmt == "text":
+            return self.text_frame()
+        built = self._frames
+        if built is None:
+            built = self._frames = {}
+        f = built.get(fmt)
         if f is None:
-            f = self._frames[fmt] = self._build(fmt)
+            f = built[fmt] = self._build(fmt)
         return f
 
     def _build(self, fmt: str) -> bytes:
         line = self.line
-        if fmt == "text":
-            return frames.text(line.text) if line.valid else frames.binary(line.raw)
         if fmt == "binary":
             return frames.binary(line.wire)
         msg = {"type": "line", "device": self.device, "seq": self.seq, "ts": round(self.ts, 3), "line": line.text}
@@ -102,6 +127,7 @@ class Hub:
         self._subs: dict[str, list[Subscriber]] = {fmt: [] for fmt in FORMATS}
         self._reply_to: tuple[Subscriber, object, threading.Event] | None = None
         self.listeners: list[Listener] = []  # set before the device starts
+        self._sender: Sender | None = None  # the clients' Sender, known from the first one
 
     # -- clients --------------------------------------------------------------------
 
@@ -131,6 +157,9 @@ class Hub:
             if items:
                 sub.deliver(items)
             self._subs[sub.fmt].append(sub)
+            outbox = getattr(sub, "outbox", None)
+            if outbox is not None:
+                self._sender = outbox.sender
 
     def _replay(self, history, since, run) -> tuple[list[Record], dict | None]:
         held = self.history
@@ -162,6 +191,18 @@ class Hub:
                 self._reply_to[2].set()
                 self._reply_to = None
 
+    def wait_for_room(self, stop: threading.Event) -> bool:
+        """Flow control, for a device that can be paused (TCP): before the reader reads
+        on, wait for clients whose queues are over half full to drain (see outbound.py).
+        Costs one set test when no queue anywhere is that full. True if it waited."""
+        sender = self._sender
+        if sender is None or not sender.any_full:
+            return False
+        with self.lock:
+            full = [ob for subs in self._subs.values() for sub in subs
+                     if (ob := getattr(sub, "outbox", None)) is not None and ob.full and not ob.slow]
+        return bool(full) and sender.wait_for_room(full, stop)
+
     # -- requests -------------------------------------------------------------------
 
     def expect_reply(self, sub: Subscriber, request_id: object) -> threading.Event:
@@ -183,12 +224,12 @@ class Hub:
 
     def publish(self, chunk: bytes, lines: list[Line], partial: bytes) -> None:
         now = time.time()
+        device = self.device
         with self.lock:
             self.partial = partial
-            records = []
-            for line in lines:
-                self.seq += 1
-                records.append(Record(self.device, self.seq, now, line))
+            seq = self.seq
+            records = [Record(device, seq + i, now, line) for i, line in enumerate(lines, 1)]
+            self.seq = seq + len(records)
             self.history.extend(records)
             if records and self._reply_to is not None:
                 sub, request_id, event = self._reply_to
@@ -199,7 +240,9 @@ class Hub:
             for fmt, subs in self._subs.items():
                 if not subs:
                     continue
-                if fmt == "binary":
+                if fmt == "text":
+                    items = [rec.text_frame() for rec in records]
+                elif fmt == "binary":
                     items = [frames.binary(chunk)] if chunk else []
                 else:
                     items = [rec.frame(fmt) for rec in records]

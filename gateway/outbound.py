@@ -1,13 +1,30 @@
 """Everything the gateway sends to WebSocket clients goes through here.
 
-Each client has an `Outbox`: a bounded list of frames that any thread may add to. One
-`Sender` thread ("ws-tx") is the only writer of every client socket (ws4py's own
-`send()` writes with a bare, unlocked, blocking `sendall`, which lets one stalled client
-freeze the thread that calls it and lets two threads interleave their bytes). The Sender
-writes without blocking: it joins all queued frames of a client into one `send()`, keeps
+Each client has an `Outbox`: a bounded list of frames that any thread may add to. Each
+client socket has one writer at a time (ws4py's own `send()` writes with a bare, unlocked,
+blocking `sendall`, which lets one stalled client freeze the thread that calls it and
+lets two threads interleave their bytes). Usually that is the `Sender` thread ("ws-tx"):
+it writes without blocking, joins all queued frames of a client into one `send()`, keeps
 the unsent tail, and waits for the socket to become writable again while it serves the
 others. So a client that stops reading delays nobody; when its outbox overflows it is
 closed with 1008 and counted.
+
+A shortcut saves the hand-off to the Sender (a wake-up and a thread switch per frame on
+a request/answer exchange): a thread that queues frames for an idle plain-TCP outbox
+(nothing queued, nothing unsent, the Sender not holding it) sends them itself, once,
+without blocking, while the outbox is marked `writing`; everything else, and whatever
+that send did not take, is the Sender's. `writing` and `scheduled` are only changed under
+the outbox lock, and a socket is written only by the one thread that set one of them,
+so there is still one writer per socket. TLS connections always go through the Sender,
+under their io_lock.
+
+Flow control for devices that have it (TCP): an outbox more than half full is `full`;
+the device's reader calls `wait_for_room()` before it reads on, and waits (at most
+ROOM_WAIT) for such outboxes of its clients to drop below half. So a burst reaches a
+client that keeps reading whole, the device being paused by TCP meanwhile, instead of
+overflowing its queue. A client that did not drain in time is marked `slow` and not
+waited for again until it has: a stalled client still overflows and is closed, and
+delays the others once, by ROOM_WAIT at most.
 
 The Sender is also the only thread that closes client sockets, once their last frames
 (the close frame) are out or a deadline passed. That keeps a closed descriptor number
@@ -32,6 +49,9 @@ log = logging.getLogger(__name__)
 
 FINISH_TIMEOUT = 2.0  # seconds a closing client gets to take its last frames
 TICK = 0.5  # seconds between housekeeping rounds (keepalive, finish deadlines)
+SEND_FRAMES = 4096  # frames joined into one send at most: the rest stay queued (and counted)
+SEND_BYTES = 1 << 20  # ... and about this many bytes (judged by the first frame's size)
+ROOM_WAIT = 0.5  # seconds a device reader waits for a client's queue to drain (wait_for_room)
 
 
 class Outbox:
@@ -48,9 +68,17 @@ class Outbox:
         # manager thread's reads and our writes then take this lock. A plain TCP socket
         # is full duplex; one reader and one writer need none.
         self.io_lock = threading.Lock() if isinstance(sock, ssl.SSLSocket) else nullcontext()
+        self.direct_ok = not isinstance(sock, ssl.SSLSocket)  # see the module docstring
+        self.high = max(1, limit // 2)  # frames queued from which the outbox is `full`
         # Guarded by `lock`:
         self.frames: list[bytes] = []
         self.scheduled = False  # in the Sender's ready list or waiting for EPOLLOUT
+        self.writing = False  # another thread is sending a direct write (see put_many)
+        self.sent_direct = 0  # frames sent by direct writes
+        self.full = False  # at least `high` frames queued (flow control)
+        # Written by the device reader that waited for it and by the Sender; a stale
+        # read costs one wait of ROOM_WAIT at most:
+        self.slow = False  # did not drain within ROOM_WAIT: not waited for until it does
         self.closing = False  # a close frame is queued: nothing may follow it
         self.finished = False  # the socket is to be closed once the queue is out
         self.dead = False  # overflowed or failed: nothing more is sent
@@ -72,6 +100,7 @@ class Outbox:
 
     def put_many(self, items, close: bool = False) -> bool:
         """Queue frames; False when the client is closing, dead or just overflowed."""
+        direct = schedule = False
         with self.lock:
             if self.closing or self.dead:
                 return False
@@ -83,16 +112,49 @@ class Outbox:
                 # stalled client never does.
                 schedule = self.scheduled = True
                 result = False
+            elif self.direct_ok and not (self.scheduled or self.writing or self.frames or close or self.finished):
+                direct = self.writing = True  # this thread is the socket's writer until it clears it
+                result = True
             else:
-                self.frames.extend(items)
+                frames = self.frames
+                frames.extend(items)
                 if close:
                     self.closing = True
-                schedule = not self.scheduled
-                self.scheduled = True
+                if not (self.scheduled or self.writing):  # a direct writer hands over itself
+                    schedule = self.scheduled = True
+                if len(frames) >= self.high and not self.full:
+                    self.full = True
+                    self.sender.note_full(self)
                 result = True
-        if schedule:
+        if direct:
+            self._send_direct(items)
+        elif schedule:
             self.sender.schedule(self)
         return result
+
+    def _send_direct(self, items) -> None:
+        """Send `items` on this thread without blocking; hand what is left to the Sender."""
+        data = items[0] if len(items) == 1 else b"".join(items)
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the Sender meets the error again and closes
+        with self.lock:
+            self.writing = False
+            self.sent_direct += len(items)
+            if sent < len(data):
+                # The Sender keeps an unsent tail in `tail`; it is not flushing this
+                # outbox now (see Sender._flush), so this store does not race with it.
+                self.tail = data[sent:]
+            if self.tail or self.frames or self.dead or self.finished:
+                schedule = not self.scheduled
+                self.scheduled = True
+            else:
+                schedule = False
+        if schedule:
+            self.sender.schedule(self)
 
     def drop(self, code: int, reason: str) -> None:
         """Close this client from any thread: a close frame if it fits, then shutdown."""
@@ -120,7 +182,8 @@ class Outbox:
 
 
 class Sender(threading.Thread):
-    """The one thread that writes to (and closes) client sockets."""
+    """The thread that writes to client sockets (but for direct writes, see the module
+    docstring) and the only one that closes them."""
 
     def __init__(self, ping_interval: float = 20.0):
         super().__init__(name="ws-tx")
@@ -141,7 +204,55 @@ class Sender(threading.Thread):
         self._next_ping = time.monotonic() + ping_interval if ping_interval else float("inf")
         self.overflows = 0
         self.keepalive_drops = 0
-        self.frames_sent = 0
+        self._frames_sent = 0  # by this thread, and by direct writes to outboxes now closed
+        self._full: set[Outbox] = set()  # outboxes at least half full (single set ops: atomic)
+        self._room = threading.Condition()  # device readers wait here for queues to drain
+        self._room_waiters = 0  # guarded by _room
+        self._room_due = False  # Sender only: a full outbox drained in this round
+
+    @property
+    def frames_sent(self) -> int:
+        with self._lock:  # _close moves a closed outbox's count over under this lock
+            return self._frames_sent + sum(ob.sent_direct for ob in self._all)
+
+    # -- flow control (see the module docstring) ------------------------------------
+
+    def note_full(self, ob: Outbox) -> None:
+        self._full.add(ob)
+
+    @property
+    def any_full(self) -> bool:
+        return bool(self._full)
+
+    def wait_for_room(self, outboxes: list[Outbox], stop: threading.Event) -> bool:
+        """Wait until none of `outboxes` is full, or ROOM_WAIT passed (the ones still full
+        are then marked slow). True if it waited."""
+        deadline = time.monotonic() + ROOM_WAIT
+        waited = False
+        with self._room:
+            while not stop.is_set():
+                waiting = [ob for ob in outboxes if ob.full and not ob.slow and not ob.dead and not ob.closing]
+                if not waiting:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    for ob in waiting:
+                        ob.slow = True
+                        log.info("client %s: queue did not drain within %.1f s; not waiting for it", ob.label, ROOM_WAIT)
+                    break
+                waited = True
+                self._room_waiters += 1
+                try:
+                    self._room.wait(min(left, 0.05))
+                finally:
+                    self._room_waiters -= 1
+        return waited
+
+    def _drained(self, ob: Outbox) -> None:
+        """`ob` is below half full again (Sender thread, under ob.lock)."""
+        ob.full = ob.slow = False
+        self._full.discard(ob)
+        self._room_due = True
 
     # -- called from any thread -----------------------------------------------------
 
@@ -217,6 +328,11 @@ class Sender(threading.Thread):
             ready = self._ready
             while ready:
                 self._flush(ready.popleft())
+            if self._room_due:
+                self._room_due = False
+                if self._room_waiters:
+                    with self._room:
+                        self._room.notify_all()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK
@@ -232,9 +348,24 @@ class Sender(threading.Thread):
             return
         while True:
             with ob.lock:
-                batch, ob.frames = ob.frames, []
-                dead, finished = ob.dead, ob.finished
-                if dead or (not batch and not ob.tail):
+                if ob.writing:
+                    # Another thread is sending a direct write: it schedules this outbox
+                    # again when it is done, if anything is left.
+                    ob.scheduled = False
+                    return
+                frames = ob.frames
+                if len(frames) <= SEND_FRAMES:
+                    batch, ob.frames = frames, []
+                else:  # one send at a time: what stays queued is counted against the limit
+                    k = min(SEND_FRAMES, max(1, SEND_BYTES // (len(frames[0]) or 1)))
+                    batch = frames[:k]
+                    del frames[:k]
+                if ob.full and len(ob.frames) < ob.high:
+                    self._drained(ob)
+                dead, finished, tail = ob.dead, ob.finished, ob.tail
+                if dead or (not batch and not tail):
+                    # From here a direct writer may take the socket (unless dead or
+                    # finished): no more sends, and `tail` is no longer ours.
                     ob.scheduled = False
             if dead:
                 self._kill(ob)
@@ -242,10 +373,10 @@ class Sender(threading.Thread):
                     self._close(ob)
                 return
             if batch:
-                self.frames_sent += len(batch)
-                data = ob.tail + b"".join(batch) if ob.tail else (batch[0] if len(batch) == 1 else b"".join(batch))
+                self._frames_sent += len(batch)
+                data = tail + b"".join(batch) if tail else (batch[0] if len(batch) == 1 else b"".join(batch))
             else:
-                data = ob.tail
+                data = tail
             if not data:
                 self._unwatch(ob)
                 if finished:
@@ -303,6 +434,7 @@ class Sender(threading.Thread):
         if ob.shut:
             return
         ob.shut = True
+        self._full.discard(ob)
         self._unwatch(ob)
         if ob.overflow:
             self.overflows += 1
@@ -320,6 +452,7 @@ class Sender(threading.Thread):
         if ob.closed:
             return
         ob.closed = True
+        self._full.discard(ob)
         self._unwatch(ob)
         self._finishing.discard(ob)
         with ob.io_lock:
@@ -330,6 +463,7 @@ class Sender(threading.Thread):
                 pass
         with self._lock:
             self._all.discard(ob)
+            self._frames_sent += ob.sent_direct  # no direct write is left: the outbox is closed
 
     def _housekeeping(self, now: float) -> None:
         for ob in list(self._finishing):

@@ -2,9 +2,10 @@
 dials the gateway) and `udp://` (one datagram per line).
 
 One socket per transport. The device link's reader thread is the only one to read it and
-its writer thread the only one to write it: a socket is full duplex, so one reader and
-one writer at a time need no lock. `close()` from another thread first shuts the socket
-down, which wakes both.
+one thread at a time writes it (the link's writer thread, or a direct `try_write` under
+the link's write lock): a socket is full duplex, so one reader and one writer at a time
+need no lock. `close()` from another thread first shuts the socket down, which wakes
+both.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import os
 import select
 import socket
+import struct
 from urllib.parse import SplitResult
 
 from .base import OPEN_TIMEOUT, READ_TIMEOUT, NotConnectedYet, Transport, TransportError
@@ -63,6 +65,9 @@ class StreamSocketTransport(Transport):
     """What a connected TCP socket does, whoever opened it."""
 
     sock: socket.socket | None = None
+    #: Not reading pauses the device (TCP flow control) and loses nothing: the device
+    #: link may wait for its clients' queues to drain before it reads on.
+    flow_control = True
 
     def _readable(self, extra: list[socket.socket]) -> list[socket.socket]:
         sock = self.sock
@@ -84,7 +89,19 @@ class StreamSocketTransport(Transport):
         return data
 
     def read(self) -> bytes:
-        return self._recv() if self._readable([]) else b""
+        # One blocking recv, bounded by SO_RCVTIMEO (set in _tune): no select() first.
+        sock = self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        try:
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return b""  # READ_TIMEOUT passed
+        except OSError as exc:
+            raise TransportError(f"read failed: {exc}") from None
+        if not data:
+            raise TransportError("device closed the connection")
+        return data
 
     def write(self, data: bytes) -> None:
         sock = self.sock
@@ -95,11 +112,31 @@ class StreamSocketTransport(Transport):
         except OSError as exc:
             raise TransportError(f"write failed: {exc}") from None
 
+    def try_write(self, data: bytes) -> int:
+        """Write what the socket takes now, without blocking; the number of bytes taken.
+
+        For the device link's direct writes (gateway/device.py), made under its write
+        lock: the socket still has one writer at a time."""
+        sock = self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        try:
+            return sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from None
+
     @staticmethod
     def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(None)
+        # A read returns after READ_TIMEOUT with EAGAIN (read() then returns b""), so
+        # the reader notices a stop request; writes (sendall) stay fully blocking.
+        sec = int(READ_TIMEOUT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", sec, int((READ_TIMEOUT - sec) * 1_000_000)))
 
     _cancelled = False
 
