@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 from . import frames
@@ -20,6 +21,11 @@ from .security import RateLimit
 log = logging.getLogger(__name__)
 
 MAX_REPLY_TIMEOUT = 60.0
+
+# A text frame of printable ASCII only is one line, the same bytes in every encoding the
+# shortcut below is taken for, and needs no decoding, splitting or checking.
+NOT_PRINTABLE_ASCII = re.compile(rb"[^\x20-\x7e]")
+ASCII_ENCODINGS = {"utf-8", "utf8", "ascii", "us-ascii", "latin-1", "latin1", "iso-8859-1", "cp1252"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class Client:
         self.lines_in = 0
         self.rate = RateLimit(lines_per_second) if lines_per_second > 0 else None
         self.dropped = False  # closed by the gateway: what it still sent is ignored
+        cfg = link.config
+        # The common case of text mode, taken without decoding: a control client, a
+        # device with no allowlist and an ASCII-compatible encoding.
+        self._plain_text = (options.fmt == "text" and options.role == "control" and not link.allow
+                            and cfg.encoding.lower() in ASCII_ENCODINGS)
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.peer} {self.link.name}/{self.fmt}>"
@@ -96,6 +107,10 @@ class Client:
 
     def on_message(self, data: bytes, is_binary: bool) -> None:
         if self.dropped:
+            return
+        if self._plain_text and not is_binary and len(data) <= self.link.config.max_line \
+                and not NOT_PRINTABLE_ASCII.search(data):
+            self._submit(WriteRequest(bytes(data) + self.link.config.eol_bytes))
             return
         if self.fmt == "json" and not is_binary and data.startswith(b'{"type"'):
             if self._on_control(data):
