@@ -107,7 +107,11 @@ class Config:
     source: str = "defaults"
 
 
-DEFAULT_DEVICE = DeviceConfig(name="sim", url="sim://")
+# The embedded default: the simulator, with buttons for the control page.
+DEFAULT_DEVICE = DeviceConfig(name="sim", url="sim://", buttons=(
+    Button("Ping", "PING"), Button("LED on", "LED ON"), Button("LED off", "LED OFF"),
+    Button("Temperature", "GET temp"),
+))
 
 
 def _fail(where: str, key: str, value: object, why: str) -> ConfigError:

@@ -16,6 +16,7 @@ def test_defaults_serve_the_simulator():
     config = apply_flags(Config(), None, None, [])
     assert config.server.host == "127.0.0.1" and config.server.port == 8765
     assert [(d.name, d.url) for d in config.devices] == [("sim", "sim://")]
+    assert [b.line for b in config.devices[0].buttons] == ["PING", "LED ON", "LED OFF", "GET temp"]
     assert config.limits.max_message == 65536 and config.limits.queue == 10000
 
 
