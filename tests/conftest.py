@@ -38,6 +38,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def metric(gw, name: str, **labels) -> float | None:
+    """One sample from the gateway's /metrics, read with prometheus_client's parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(gw.url + "/metrics", timeout=5).read().decode()
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
 def ws_url(gw, device: str = "sim", **params) -> str:
     host, port = gw.address
     query = f"?{urlencode(params)}" if params else ""

@@ -14,15 +14,13 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import websocket
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import assert_no_gateway_threads, wait_for, ws_url
+from conftest import assert_no_gateway_threads, metric, wait_for, ws_url
 from gateway import transports
 from gateway.config import Config, ConfigError, MqttConfig, ServerConfig, apply_flags, parse_device_flag
 from gateway.sinks.mqtt import MqttSink, discovery_config
@@ -104,13 +102,6 @@ def next_line(ws, timeout: float = 5.0, where=lambda line: True) -> str:
             return msg["line"]
 
 
-def metric(gw, name: str, **labels) -> float | None:
-    body = urllib.request.urlopen(gw.url + "/metrics", timeout=5).read().decode()
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
 
 
 def status_is(state):

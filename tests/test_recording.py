@@ -6,13 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import urllib.request
 
 import pytest
 import websocket
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import assert_no_gateway_threads, wait_for, ws_url
+from conftest import assert_no_gateway_threads, metric, wait_for, ws_url
 from gateway import recording
 from gateway.codec import Line
 from gateway.config import Config, DeviceConfig, ServerConfig
@@ -39,13 +37,6 @@ def gateway():
     wait_for(lambda: not [t for t in threading.enumerate() if t.name == "recorder"], what="recorder to end")
 
 
-def metric(gw, name: str, **labels) -> float | None:
-    body = urllib.request.urlopen(gw.url + "/metrics", timeout=5).read().decode()
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return None
 
 
 # -- the format -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import websocket
-from conftest import wait_for, ws_url
+from conftest import ws_url
 
 from gateway.app import Gateway
 from gateway.config import AuthConfig, Config, DeviceConfig, LimitsConfig, ServerConfig, Token

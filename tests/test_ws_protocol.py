@@ -234,12 +234,18 @@ def test_binary_mode_raw_bytes_both_ways(start_gateway):
 # -- history and since ----------------------------------------------------------------
 
 
+def burst(gw, count: int) -> websocket.WebSocket:
+    """A text client that had the device send `count` lines, and read them all."""
+    ws = connect(gw)
+    ws.send(f"GO {count}")
+    for _ in range(count):
+        ws.recv()
+    return ws
+
+
 def test_history_and_since_replay(start_gateway):
     gw = start_gateway()
-    ws = connect(gw)
-    ws.send("GO 50")
-    for _ in range(50):
-        ws.recv()
+    ws = burst(gw, 50)
     js = connect(gw, format="json", since=45)
     hello = recv_json(js)
     assert hello["seq"] == 50
@@ -251,10 +257,7 @@ def test_history_and_since_replay(start_gateway):
 
 def test_history_returns_the_last_lines_in_order(start_gateway):
     gw = start_gateway()
-    ws = connect(gw)
-    ws.send("GO 20")
-    for _ in range(20):
-        ws.recv()
+    ws = burst(gw, 20)
     late = connect(gw, history=3)
     assert [late.recv().split()[0] for _ in range(3)] == ["t=18", "t=19", "t=20"]
     late.send("PING")
@@ -264,10 +267,7 @@ def test_history_returns_the_last_lines_in_order(start_gateway):
 
 def test_since_older_than_history_gets_a_gap_notice(start_gateway):
     gw = start_gateway(devices=["sim=sim://?interval=0&history=5"])
-    ws = connect(gw)
-    ws.send("GO 20")
-    for _ in range(20):
-        ws.recv()
+    ws = burst(gw, 20)
     js = connect(gw, format="json", since=2)
     assert recv_json(js)["type"] == "hello"
     gap = recv_json(js)
@@ -278,10 +278,7 @@ def test_since_older_than_history_gets_a_gap_notice(start_gateway):
 
 def test_since_from_another_run_gets_a_gap_and_all_history(start_gateway):
     gw = start_gateway()
-    ws = connect(gw)
-    ws.send("GO 3")
-    for _ in range(3):
-        ws.recv()
+    ws = burst(gw, 3)
     js = connect(gw, format="json", since=2, run="an-earlier-run")
     assert recv_json(js)["run"] == gw.run_id
     gap = recv_json(js)
