@@ -6,7 +6,8 @@ stopped together.
 
 Threads it owns, all named and joined with a deadline on shutdown: the HTTP server's
 accept loop ("http-accept"), one per request in progress ("http:ADDR"), ws4py's manager
-("WebSocketManager", reads every client), the Sender ("ws-tx", writes every client),
+("WebSocketManager", gateway/manager.py: reads every client, and the TCP devices while
+they are up), the Sender ("ws-tx", writes every client),
 two per device ("device-rx:NAME", "device-tx:NAME"), and the sinks' ("mqtt-sink" with
 paho's "paho-mqtt-client-<client_id>-NAME", "recorder").
 """
@@ -20,13 +21,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ws4py.manager import WebSocketManager
 
 from . import transports
 from .client import Client, Options
 from .config import Config
 from .device import DeviceLink
 from .hub import Hub
+from .manager import Manager
 from .outbound import Sender
 from .security import server_context
 from .server import GatewayApp, HTTPServer
@@ -73,7 +74,7 @@ class Gateway:
         for link in self.links.values():
             link.hub.listeners.extend(self.sinks)
         self.sender = Sender(config.server.ping_interval)
-        self.manager: WebSocketManager | None = None
+        self.manager: Manager | None = None
         self.server: HTTPServer | None = None
         self._accept_thread: threading.Thread | None = None
         self._ids = itertools.count(1)
@@ -88,13 +89,14 @@ class Gateway:
         srv = self.config.server
         context = server_context(srv.certfile, srv.keyfile) if srv.certfile else None
         self.server = HTTPServer((srv.host, srv.port), GatewayApp(self), srv.handshake_timeout, context)
-        self.manager = WebSocketManager()
+        self.manager = Manager()
         self.server.manager = self.manager  # ws4py's handler adds sockets through it
         self.sender.start()
         self.manager.start()
         for sink in self.sinks:
             sink.start()
         for link in self.links.values():
+            link.loop = self.manager
             link.start()
         self._accept_thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-accept"

@@ -105,12 +105,18 @@ class Client:
             self.stats.lines_refused += 1
         self.error(request_id, error)
 
-    def on_message(self, data: bytes, is_binary: bool) -> None:
+    def on_message(self, data: bytes, is_binary: bool, alone: bool = False) -> None:
+        """A message from the client; `alone`: the only one its read brought (a lone
+        line may then be written at once, see DeviceLink.write_now)."""
         if self.dropped:
             return
         if self._plain_text and not is_binary and len(data) <= self.link.config.max_line \
                 and not NOT_PRINTABLE_ASCII.search(data):
-            self._submit(WriteRequest(bytes(data) + self.link.config.eol_bytes))
+            line = bytes(data) + self.link.config.eol_bytes
+            if alone and self.rate is None and self.link.write_now(line):
+                self.lines_in += 1
+                return
+            self._submit(WriteRequest(line))
             return
         if self.fmt == "json" and not is_binary and data.startswith(b'{"type"'):
             if self._on_control(data):

@@ -9,11 +9,18 @@ partial line (nothing read is lost), closes, and opens again after 0.2 s, doubli
 arrival order; a request (`reply: true`) holds the queue until the device answered or the
 request timed out.
 
+For a `pollable` transport (TCP) the reader hands the reading itself to the gateway's
+loop thread (gateway/manager.py, the thread that reads the clients) while the device is
+up, and waits: the loop reads, decodes and publishes each reply on the thread that wrote
+the request, with no second thread to wake. The device comes back to the reader when it
+is lost, for flow control, and if the loop ends first (`_read_in_loop`).
+
 One writer at a time: whoever writes to the transport holds `_write_lock` while it takes
 lines from the queue and writes them, so the order stays the queue's. Besides the writer
 thread, that may be ws4py's manager thread: for a transport with `try_write` (TCP), the
 lines of one client read are written straight from there when the lock is free, without
-blocking (`hold_writes` / `release_writes`), which saves a thread hand-off per line; what
+blocking (`hold_writes` / `release_writes`, or `write_now` for a lone line), which
+saves a thread hand-off per line; what
 the socket does not take at once, a request that waits for a reply, or a busy writer
 leaves the rest to the writer thread.
 """
@@ -32,7 +39,7 @@ from .config import DeviceConfig
 from .hub import Hub, State
 from .security import LineFilter
 from .transports import Transport, TransportError
-from .transports.base import NotConnectedYet, WriteTimeout
+from .transports.base import READ_TIMEOUT, NotConnectedYet, WriteTimeout
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +109,14 @@ class DeviceLink:
         self._connected = threading.Event()
         self._write_lock = threading.Lock()  # held by whoever writes to the transport
         self._holder = 0  # the thread holding its lines back for one direct write (hold_writes)
+        # Set by the gateway before start(): its loop thread (gateway/manager.py) then
+        # reads a `pollable` transport instead of the reader thread (_read_in_loop).
+        self.loop = None
+        self._rx_lock = threading.Lock()
+        self._handback = threading.Event()
+        self._in_loop = False  # the loop thread may read (changed under _rx_lock while it may)
+        self._lost: TransportError | None = None
+        self._flow = getattr(transport, "flow_control", False)
         self._try_write = getattr(transport, "try_write", None)
         if transport.message_oriented or config.pace_ms:
             self._try_write = None
@@ -173,14 +188,9 @@ class DeviceLink:
             backoff = BACKOFF_FIRST
             self.decoder.reset()
             self._set_state(State.CONNECTED)
-            flow = getattr(transport, "flow_control", False)
             try:
-                while not self._stop.is_set():
-                    data = transport.read()
-                    if data:
-                        self._deliver(data)
-                        if flow:
-                            self.hub.wait_for_room(self._stop)  # the device waits meanwhile
+                if not (self.loop is not None and transport.pollable and self._read_in_loop()):
+                    self._read_here()
             except TransportError as exc:
                 if not self._stop.is_set():
                     log.warning("device %s: lost: %s", self.name, exc)
@@ -197,6 +207,67 @@ class DeviceLink:
                 self._stop.wait(BACKOFF_FIRST)
         transport.release()
         self._set_state(State.DISCONNECTED)
+
+    def _read_here(self) -> None:
+        transport = self.transport
+        flow = getattr(transport, "flow_control", False)
+        while not self._stop.is_set():
+            data = transport.read()
+            if data:
+                self._deliver(data)
+                if flow:
+                    self.hub.wait_for_room(self._stop)  # the device waits meanwhile
+
+    def _read_in_loop(self) -> bool:
+        """Let the loop thread read the device (gateway/manager.py) while this thread
+        waits: until the device is lost (TransportError), the link stops (True) or the
+        loop does (False: read here instead). The loop hands the device back for flow
+        control too: this thread waits for room, then hands it over again.
+
+        The socket has one reader at a time: the loop thread between `watch()` and the
+        hand-back, this thread outside; `_rx_lock` makes the hand-back wait for a read
+        in progress. The decoder and the counters follow the same hand-overs."""
+        loop, fd = self.loop, self.transport.fileno()
+        handback = self._handback
+        while not self._stop.is_set():
+            handback.clear()
+            self._lost = None
+            self._in_loop = True
+            if not loop.watch(fd, self._on_readable):
+                self._in_loop = False
+                return False
+            while not handback.wait(READ_TIMEOUT):
+                if self._stop.is_set() or not loop.running:
+                    break
+            loop.unwatch(fd)
+            with self._rx_lock:
+                self._in_loop = False
+            if self._lost is not None:
+                raise self._lost
+            if not handback.is_set():  # stopping, or the loop ended
+                return self._stop.is_set()
+            self.hub.wait_for_room(self._stop)  # the device waits meanwhile
+        return True
+
+    def _on_readable(self) -> bool:
+        """On the loop thread: read what the device sent and publish it. False hands the
+        device back to the reader thread (lost, or some client's queue is full)."""
+        with self._rx_lock:
+            if not self._in_loop:
+                return False
+            try:
+                data = self.transport.read_nowait()
+            except TransportError as exc:
+                self._lost = exc
+            else:
+                if not data:
+                    return True
+                self._deliver(data)
+                if not self._flow or not self.hub.full_outboxes():
+                    return True
+            self._in_loop = False
+            self._handback.set()
+            return False
 
     def _deliver(self, data: bytes) -> None:
         self.counters.bytes_in += len(data)
@@ -228,6 +299,33 @@ class DeviceLink:
             if self._holder != get_ident():  # a holder writes at release_writes()
                 self._cond.notify()
         return None
+
+    def write_now(self, data: bytes) -> bool:
+        """Write one line from this thread at once, when that keeps the order: nothing
+        queued, no one else writing, a transport with `try_write` (TCP). No request, no
+        queue, no hand-off: the ping-pong path. False: submit() it instead."""
+        if self._try_write is None or self._queue or not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._queue or self.hub.state is not State.CONNECTED:
+                return False
+            try:
+                sent = self._try_write(data)
+            except TransportError:
+                return False  # submit() then meets the same error and reports it
+            c = self.counters
+            c.bytes_out += sent
+            if sent < len(data):
+                # The socket is full: the writer thread writes the rest, first; the line
+                # counts as written then.
+                with self._qlock:
+                    self._queue.appendleft(WriteRequest(data[sent:], then=[WriteRequest(b"")]))
+                    self._cond.notify()
+            else:
+                c.lines_out += 1
+        finally:
+            self._write_lock.release()
+        return True
 
     def hold_writes(self) -> None:
         """The calling thread is about to submit several lines: write them together at

@@ -1,6 +1,7 @@
 """Fan-out for one device: its clients, its numbered line history, its state.
 
-The device's reader thread calls `publish()`; it numbers the lines, keeps the last
+The thread that reads the device (its reader, or the gateway's loop thread for a TCP
+device: see device.py) calls `publish()`; it numbers the lines, keeps the last
 `history` of them, and queues each line's frame (built once per format, shared by every
 client) in each client's outbox. Queuing never blocks. A client attaches under the same
 lock, so the lines it is replayed and the live lines that follow neither overlap nor
@@ -55,7 +56,7 @@ class Subscriber(Protocol):
 class Listener(Protocol):
     """A telemetry sink, metrics or a recording, fed by every hub it is added to.
 
-    Both methods run on the device's reader thread, `on_records` under the hub lock:
+    Both methods run on the thread that reads the device, `on_records` under the hub lock:
     they may only queue (each sink has its own queue and thread), never block.
     """
 
@@ -191,17 +192,21 @@ class Hub:
                 self._reply_to[2].set()
                 self._reply_to = None
 
-    def wait_for_room(self, stop: threading.Event) -> bool:
-        """Flow control, for a device that can be paused (TCP): before the reader reads
-        on, wait for clients whose queues are over half full to drain (see outbound.py).
-        Costs one set test when no queue anywhere is that full. True if it waited."""
+    def full_outboxes(self) -> list["Outbox"]:
+        """This device's clients whose queues are over half full and not known as slow
+        (see outbound.py). Costs one set test when no queue anywhere is that full."""
         sender = self._sender
         if sender is None or not sender.any_full:
-            return False
+            return []
         with self.lock:
-            full = [ob for subs in self._subs.values() for sub in subs
-                     if (ob := getattr(sub, "outbox", None)) is not None and ob.full and not ob.slow]
-        return bool(full) and sender.wait_for_room(full, stop)
+            return [ob for subs in self._subs.values() for sub in subs
+                    if (ob := getattr(sub, "outbox", None)) is not None and ob.full and not ob.slow]
+
+    def wait_for_room(self, stop: threading.Event) -> bool:
+        """Flow control, for a device that can be paused (TCP): before the reader reads
+        on, wait for the full queues of this device's clients to drain. True if it waited."""
+        full = self.full_outboxes()
+        return bool(full) and self._sender.wait_for_room(full, stop)
 
     # -- requests -------------------------------------------------------------------
 
@@ -220,7 +225,7 @@ class Hub:
                 return True
         return False
 
-    # -- the device's reader thread ---------------------------------------------------
+    # -- the thread that reads the device ----------------------------------------------
 
     def publish(self, chunk: bytes, lines: list[Line], partial: bytes) -> None:
         now = time.time()

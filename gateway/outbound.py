@@ -19,7 +19,8 @@ so there is still one writer per socket. TLS connections always go through the S
 under their io_lock.
 
 Flow control for devices that have it (TCP): an outbox more than half full is `full`;
-the device's reader calls `wait_for_room()` before it reads on, and waits (at most
+the device's reader calls `wait_for_room()` before it reads on (the loop thread, which
+must not wait, hands the device back to its reader for that), and waits (at most
 ROOM_WAIT) for such outboxes of its clients to drop below half. So a burst reaches a
 client that keeps reading whole, the device being paused by TCP meanwhile, instead of
 overflowing its queue. A client that did not drain in time is marked `slow` and not

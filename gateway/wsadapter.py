@@ -79,9 +79,9 @@ class ClientSocket(WebSocket):
         # ws4py's parser found a message (the frames _parse leaves to it).
         self._deliver(bytes(message.data), message.is_binary)  # ws4py clears message.data after
 
-    def _deliver(self, data: bytes, is_binary: bool) -> None:
+    def _deliver(self, data: bytes, is_binary: bool, alone: bool = False) -> None:
         try:
-            self.client.on_message(data, is_binary)
+            self.client.on_message(data, is_binary, alone)
         except Exception:
             log.exception("client %s: message handling failed", self.label)
             self.client.error(None, "internal error")
@@ -199,8 +199,8 @@ class ClientSocket(WebSocket):
                     except UnicodeDecodeError:
                         self._slow_left = head + n  # ws4py closes with 1007, as for any invalid text
                         continue
+                self._deliver(payload, b0 == 0x82, pos == 0 and stop == end)
                 pos = stop
-                self._deliver(payload, b0 == 0x82)
                 if self.stream is None:
                     return False
                 continue

@@ -24,10 +24,13 @@ from gateway.config import DeviceConfig
 from gateway.device import BACKOFF_FIRST, DeviceLink, WriteRequest
 from gateway.frames import BINARY, TEXT
 from gateway.hub import Hub, State
+from gateway.manager import Manager
 from gateway.transports.base import TransportError
 from test_transports import PEERS, StreamPeer, TcpServerPeer
 
-LINK_PEERS = ["pty", "pty-link", "tcp", "tcp-listen", "udp", "socket"]
+# "tcp-loop": a TCP device read by the gateway's loop thread (gateway/manager.py), as in
+# the gateway; the others are read by the link's reader thread.
+LINK_PEERS = ["pty", "pty-link", "tcp", "tcp-loop", "tcp-listen", "udp", "socket"]
 _names = itertools.count(1)
 
 
@@ -133,6 +136,10 @@ class Running:
         transport = transports.create(peer.url)
         self.transport = wrap(transport) if wrap else transport
         self.link = DeviceLink(DeviceConfig(name=self.name, url=peer.url), self.hub, self.transport)
+        self.loop = None
+        if getattr(peer, "in_loop", False):
+            self.loop = self.link.loop = Manager()
+            self.loop.start()
         self.link.start()
         try:
             self.peer.attach()
@@ -143,7 +150,10 @@ class Running:
 
     def threads(self) -> list[str]:
         names = (f"device-rx:{self.name}", f"device-tx:{self.name}")
-        return [t.name for t in threading.enumerate() if t.name in names]
+        alive = [t.name for t in threading.enumerate() if t.name in names]
+        if self.loop is not None and self.loop.is_alive():
+            alive.append(self.loop.name)
+        return alive
 
     def send_lines(self, lines: list[str]) -> None:
         """The device sends `lines`: one datagram each on UDP, else one stream cut at
@@ -163,11 +173,15 @@ class Running:
 
     def stop(self) -> None:
         self.link.stop(timeout=5)
+        if self.loop is not None:
+            self.loop.stop()
+            self.loop.join(5)
 
 
 @pytest.fixture(params=LINK_PEERS)
 def peer(request, tmp_path):
-    p = PEERS[request.param](tmp_path)
+    p = PEERS[request.param.removesuffix("-loop")](tmp_path)
+    p.in_loop = request.param.endswith("-loop")
     yield p
     p.close()
 
@@ -357,7 +371,7 @@ def test_unexpected_error_in_open_is_retried_not_fatal(tmp_path):
 
 
 def test_stop_joins_both_threads_and_says_disconnected(running):
-    assert len(running.threads()) == 2
+    assert len(running.threads()) == (2 if running.loop is None else 3)
     started = time.monotonic()
     running.stop()
     assert time.monotonic() - started < 2.0
@@ -400,3 +414,69 @@ def test_udp_datagram_boundaries_are_line_ends(running):
     lines = running.wait_lines(4)
     assert [m["line"] for m in lines] == ["no terminator", "two", "lines", "crlf"]
     assert running.hub.partial == b""
+
+
+# -- read by the gateway's loop thread ---------------------------------------------------------
+
+
+class ThreadNoting(Collector):
+    """A collector that notes which thread handed it each batch of frames."""
+
+    def __init__(self, fmt: str):
+        super().__init__(fmt)
+        self.threads: list[str] = []
+
+    def deliver(self, items: list[bytes]) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().deliver(items)
+
+
+def test_a_tcp_device_is_read_by_the_loop_then_by_its_reader_when_the_loop_ends(tmp_path):
+    peer = TcpServerPeer(tmp_path)
+    peer.in_loop = True
+    r = Running(peer)
+    noting = ThreadNoting("text")
+    r.hub.attach(noting, 3)
+    try:
+        r.send_lines(["one", "two"])
+        wait_for(lambda: noting.texts() == ["one", "two"], what="lines read by the loop")
+        assert set(noting.threads) == {"WebSocketManager"}
+
+        r.loop.stop()  # the gateway stops its loop before its devices at shutdown
+        r.loop.join(5)
+        assert not r.loop.is_alive()
+        noting.threads.clear()
+        r.send_lines(["three"])
+        wait_for(lambda: noting.texts() == ["one", "two", "three"], what="a line read after the loop ended")
+        assert noting.threads == [f"device-rx:{r.name}"]
+
+        peer.send(b"PART")  # the device vanishes mid-line: the part is still delivered
+        wait_for(lambda: r.hub.partial == b"PART", what="the partial line")
+        peer.lose()
+        wait_for(lambda: noting.texts()[-1:] == ["PART"], what="the partial line, flushed")
+        assert [m["seq"] for m in r.json.lines()] == [1, 2, 3, 4]
+    finally:
+        r.stop()
+        peer.close()
+    assert r.threads() == []
+
+
+def test_lines_written_at_once_and_queued_keep_their_order(tmp_path):
+    """write_now() (the loop thread's shortcut for a lone line) and submit() interleave."""
+    peer = TcpServerPeer(tmp_path)
+    peer.in_loop = True
+    r = Running(peer)
+    client = Client()
+    try:
+        expected = []
+        for i in range(300):
+            line = b"L%d\n" % i
+            expected.append(line)
+            if i % 3 == 0 and r.link.write_now(line):
+                continue
+            assert r.link.submit(WriteRequest(line, client=client, id=i)) is None
+        assert peer.recv_exactly(sum(map(len, expected))) == b"".join(expected)
+        wait_for(lambda: r.link.counters.lines_out == 300, what="every line counted")
+    finally:
+        r.stop()
+        peer.close()

@@ -6,8 +6,8 @@ from ..hub import Record, State
 
 
 class Sink:
-    """A listener on every device's hub. Both callbacks run on the device's reader
-    thread (`on_records` under the hub lock): they may only queue, never block."""
+    """A listener on every device's hub. Both callbacks run on the thread that
+    reads the device (`on_records` under the hub lock): they may only queue, never block."""
 
     def on_records(self, device: str, records: list[Record]) -> None:
         pass

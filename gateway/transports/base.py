@@ -2,7 +2,8 @@
 
 A transport moves bytes; it knows nothing of lines, clients or reconnecting. The device
 link (gateway/device.py) owns one transport and calls it from two threads: its reader
-thread calls `read()`, its writer thread calls `write()`. `open()` and `close()` are
+thread calls `read()` (or hands `read_nowait()` to the gateway's loop thread, for a
+`pollable` transport), its writer thread calls `write()`. `open()` and `close()` are
 called by the reader thread only, except `close()` at shutdown, after `cancel()`.
 """
 
@@ -31,6 +32,10 @@ class Transport:
 
     #: Each read() returns one whole message (a UDP datagram): its end ends a line.
     message_oriented = False
+    #: Has a descriptor an event loop can watch, and `read_nowait()` (see
+    #: DeviceLink._read_in_loop): the gateway's loop thread may read it instead of the
+    #: reader thread.
+    pollable = False
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         """Check `url` and `options`; raise ValueError naming what is wrong. No I/O."""
@@ -44,6 +49,16 @@ class Transport:
 
         Raises TransportError when the device is gone.
         """
+        raise NotImplementedError
+
+    def fileno(self) -> int:
+        """The descriptor to watch for readability (pollable transports only)."""
+        raise NotImplementedError
+
+    def read_nowait(self) -> bytes:
+        """What the device sent, without waiting; b"" when nothing is there after all.
+
+        Raises TransportError when the device is gone (pollable transports only)."""
         raise NotImplementedError
 
     def write(self, data: bytes) -> None:

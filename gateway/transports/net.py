@@ -1,7 +1,8 @@
 """ESP8266 over the network: `tcp://` (the gateway dials), `tcp-listen://` (the device
 dials the gateway) and `udp://` (one datagram per line).
 
-One socket per transport. The device link's reader thread is the only one to read it and
+One socket per transport, read by one thread at a time (the device link's reader, or the
+gateway's loop thread it hands a `pollable` socket to, see device.py) and
 one thread at a time writes it (the link's writer thread, or a direct `try_write` under
 the link's write lock): a socket is full duplex, so one reader and one writer at a time
 need no lock. `close()` from another thread first shuts the socket down, which wakes
@@ -68,6 +69,7 @@ class StreamSocketTransport(Transport):
     #: Not reading pauses the device (TCP flow control) and loses nothing: the device
     #: link may wait for its clients' queues to drain before it reads on.
     flow_control = True
+    pollable = True
 
     def _readable(self, extra: list[socket.socket]) -> list[socket.socket]:
         sock = self.sock
@@ -90,18 +92,30 @@ class StreamSocketTransport(Transport):
 
     def read(self) -> bytes:
         # One blocking recv, bounded by SO_RCVTIMEO (set in _tune): no select() first.
+        return self._read(0)
+
+    def read_nowait(self) -> bytes:
+        return self._read(socket.MSG_DONTWAIT)
+
+    def _read(self, flags: int) -> bytes:
         sock = self.sock
         if sock is None:
             raise TransportError("socket is closed")
         try:
-            data = sock.recv(RECV_SIZE)
+            data = sock.recv(RECV_SIZE, flags)
         except (BlockingIOError, InterruptedError):
-            return b""  # READ_TIMEOUT passed
+            return b""  # READ_TIMEOUT passed, or nothing there after all
         except OSError as exc:
             raise TransportError(f"read failed: {exc}") from None
         if not data:
             raise TransportError("device closed the connection")
         return data
+
+    def fileno(self) -> int:
+        sock = self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        return sock.fileno()
 
     def write(self, data: bytes) -> None:
         sock = self.sock
@@ -202,7 +216,12 @@ class TcpListenTransport(StreamSocketTransport):
     The listening socket lives as long as the transport. A device that dials again
     while its old connection still looks open (it rebooted, the old one is half-open)
     replaces the old connection: the newest connection is the device.
+
+    Read by the link's reader thread only (not `pollable`): it also watches the listener
+    for that new connection, whose socket then replaces the one being read.
     """
+
+    pollable = False
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         super().__init__(url, options)
