@@ -84,6 +84,17 @@ class LineDecoder:
     def feed(self, data: bytes) -> list[Line]:
         if not data:
             return []
+        if data[-1] == 10 and not self._buf and not self._after_cr and data.count(b"\n") == 1:
+            # The chunk is one whole line (a reply, usually): no splitting.
+            cr = data.count(b"\r")
+            if not cr:
+                raw, end = data[:-1], b"\n"
+            elif cr == 1 and data[-2] == 13:
+                raw, end = data[:-2], b"\r\n"
+            else:
+                raw = None
+            if raw is not None and len(raw) <= self.max_line:
+                return [self._make(raw, end)]
         if not self._after_cr and b"\r" not in data:
             lines = self._feed_lf(data)
             if lines is not None:

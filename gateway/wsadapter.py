@@ -155,6 +155,15 @@ class ClientSocket(WebSocket):
             return False
         if not data:
             return False
+        n = len(data) - 6
+        if 0 <= n < 126 and data[1] == 0x80 | n and (data[0] == 0x81 or data[0] == 0x82) \
+                and not self.buf and not self._slow_left and n <= self.max_message and self.stream.message is None:
+            # The read is one whole, short, masked text or binary frame: a request line,
+            # usually. The same checks as in _parse, without its loop.
+            payload = _unmask(data[2:6], data[6:])
+            if data[0] == 0x82 or payload.isascii():
+                self._deliver(payload, data[0] == 0x82, True)
+                return self.stream is not None
         buf = self.buf + data if self.buf else data
         self.buf = b""
         link = self.client.link

@@ -26,6 +26,33 @@ def test_line_ends(data, expected):
     assert texts(LineDecoder().feed(data)) == expected
 
 
+@pytest.mark.parametrize("data, expected", [
+    (b"PONG\n", [("PONG", b"\n")]),
+    (b"PONG\r\n", [("PONG", b"\r\n")]),
+    (b"\n", [("", b"\n")]),
+    (b"\r\n", [("", b"\r\n")]),
+    (b"a\rb\n", [("a", b"\r"), ("b", b"\n")]),  # a CR inside is a line end of its own
+    (b"a\r\r\n", [("a", b"\r"), ("", b"\r\n")]),
+    (b"0123456789\n", [("01234", b""), ("56789", b"\n")]),  # over max_line: cut
+    (b"01234\r\n", [("01234", b"\r\n")]),  # exactly max_line
+])
+def test_a_chunk_that_is_one_line(data, expected):
+    """The common case of a reply read whole (a shortcut in feed()), and its edges."""
+    d = LineDecoder(max_line=5)
+    assert [(line.text, line.end) for line in d.feed(data)] == expected
+    assert d.pending == b""
+    assert texts(d.feed(b"x\n")) == ["x"]  # and nothing was left behind
+
+
+def test_a_one_line_chunk_after_a_partial_line_or_a_cr():
+    d = LineDecoder()
+    d.feed(b"par")
+    assert [(x.text, x.end) for x in d.feed(b"t\n")] == [("part", b"\n")]
+    d.feed(b"a\r")  # the LF of this CRLF may come next: it ends no line of its own
+    assert [(x.text, x.end) for x in d.feed(b"\n")] == []
+    assert [(x.text, x.end) for x in d.feed(b"b\n")] == [("b", b"\n")]
+
+
 def test_line_split_across_feeds():
     d = LineDecoder()
     assert d.feed(b"tem") == []
