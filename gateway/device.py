@@ -115,7 +115,7 @@ class DeviceLink:
         self._rx_lock = threading.Lock()
         self._handback = threading.Event()
         self._in_loop = False  # the loop thread may read (changed under _rx_lock while it may)
-        self._lost: TransportError | None = None
+        self._lost: Exception | None = None
         self._flow = getattr(transport, "flow_control", False)
         self._try_write = getattr(transport, "try_write", None)
         if transport.message_oriented or config.pace_ms:
@@ -257,14 +257,13 @@ class DeviceLink:
                 return False
             try:
                 data = self.transport.read_nowait()
-            except TransportError as exc:
-                self._lost = exc
-            else:
                 if not data:
                     return True
                 self._deliver(data)
                 if not self._flow or not self.hub.full_outboxes():
                     return True
+            except Exception as exc:  # the reader thread raises it: reconnect, as in _read_here
+                self._lost = exc
             self._in_loop = False
             self._handback.set()
             return False

@@ -124,4 +124,7 @@ class Manager(WebSocketManager):
                 except (OSError, ValueError):
                     pass
         if not ws.terminated:
-            ws.terminate()
+            try:
+                ws.terminate()  # runs the client's closed(): it must not end this loop
+            except Exception:
+                log.exception("client %s: error while closing", getattr(ws, "label", fd))

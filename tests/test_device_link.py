@@ -480,3 +480,36 @@ def test_lines_written_at_once_and_queued_keep_their_order(tmp_path):
     finally:
         r.stop()
         peer.close()
+
+
+@pytest.mark.parametrize("in_loop", [False, True], ids=["reader", "loop"])
+def test_a_failing_listener_costs_a_reconnect_not_the_device(tmp_path, in_loop):
+    """A bug behind publish() (here a sink that raises once) is logged and the link
+    reconnects, whichever thread was reading; the device is not left unread."""
+    peer = TcpServerPeer(tmp_path)
+    peer.in_loop = in_loop
+    r = Running(peer)
+
+    class FailsOnce:
+        failed = False
+
+        def on_records(self, device, records):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("sink bug")
+
+        def on_state(self, device, state):
+            pass
+
+    r.hub.listeners.append(FailsOnce())
+    try:
+        r.send_lines(["boom"])
+        wait_for(lambda: r.link.counters.reconnects == 1, what="a reconnect after the failure")
+        peer.attach()
+        assert r.link.wait_connected(5)
+        r.send_lines(["after"])
+        wait_for(lambda: "after" in r.text.texts(), what="a line after the reconnect")
+    finally:
+        r.stop()
+        peer.close()
+    assert r.threads() == []
