@@ -25,6 +25,11 @@ Workloads (the load client is client.mjs: Node's ws with bufferutil):
   w4-10k  the gateway only: 10,000 connections held 5 s, then 100 of them send a line and
           all 10,000 must hear those echoes
 
+Both Python servers run on the same interpreter: the gateway on the Python websockify's
+script names (/usr/bin/python3 on Debian), in a virtualenv made for it in the temporary
+directory with requirements.txt, unless --python says otherwise. (A pyenv-built Python
+without PGO/LTO, as on the development machine, runs the same code about 25 % slower.)
+
 It builds the C programs with gcc into a temporary directory, runs `npm ci` in bench/perf
 when node_modules is missing, installs websockify and websocketd with apt-get when they
 are missing, and raises its open-file limit. Every server gets a fresh start for every
@@ -86,6 +91,45 @@ def ensure_apt(targets: list[str]) -> list[str]:
         if r.returncode:
             log(f"apt-get failed ({r.stderr.strip().splitlines()[-1:]}); skipping {', '.join(want)}")
     return [t for t in targets if t not in ("websockify", "websocketd") or shutil.which(t)]
+
+
+def websockify_python() -> str | None:
+    """The interpreter websockify's script runs on (its #! line)."""
+    path = shutil.which("websockify")
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            first = f.readline().decode(errors="replace")
+    except OSError:
+        return None
+    if not first.startswith("#!"):
+        return None
+    words = first[2:].split()
+    if words and words[0].endswith("/env"):
+        words = words[1:]
+    return shutil.which(words[0]) if words else None
+
+
+def gateway_python(wanted: str | None, tmp: Path) -> str:
+    """The interpreter to run the gateway on: `wanted`, else websockify's, with the
+    gateway's requirements in a virtualenv made for it; sys.executable when that fails."""
+    python = wanted or websockify_python()
+    if python is None or Path(python).resolve() == Path(sys.executable).resolve():
+        return sys.executable
+    probe = "import ws4py, serial, prometheus_client, paho"
+    if subprocess.run([python, "-c", probe], capture_output=True).returncode == 0:
+        return python  # its own site-packages have them (or it is a virtualenv already)
+    venv = tmp / "gateway-venv"
+    log(f"virtualenv for the gateway on {python} (requirements.txt)")
+    try:
+        subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-r", str(ROOT / "requirements.txt")], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        log(f"could not make it ({exc}); the gateway runs on {sys.executable}")
+        return sys.executable
+    return str(venv / "bin" / "python")
 
 
 def raise_fd_limit(need: int) -> int:
@@ -219,6 +263,7 @@ def start_device(exe: Path) -> tuple[subprocess.Popen, int]:
 
 
 GATEWAY_ROOT = ROOT  # --gateway-root: another checkout's gateway, for before/after runs
+GATEWAY_PYTHON = sys.executable  # set by main(): see gateway_python()
 
 
 def start_target(name: str, bins: dict[str, Path], logs: Path) -> Running:
@@ -231,10 +276,10 @@ def start_target(name: str, bins: dict[str, Path], logs: Path) -> Running:
     deadline = time.monotonic() + 20
     if name.startswith("gateway"):
         root = Path(name.split("@", 1)[1]) if "@" in name else GATEWAY_ROOT
-        cmd = [sys.executable, str(root / "run_gateway.py"), "--port", str(port),
+        cmd = [GATEWAY_PYTHON, str(root / "run_gateway.py"), "--port", str(port),
                "--device", f"dev=tcp://{HOST}:{dev_port}"]
         if name == "gateway-nowsaccel":  # hide an installed wsaccel from the gateway
-            cmd = [sys.executable, "-c", "import runpy, sys; sys.modules['wsaccel'] = None; "
+            cmd = [GATEWAY_PYTHON, "-c", "import runpy, sys; sys.modules['wsaccel'] = None; "
                    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')", *cmd[1:]]
         server = subprocess.Popen(cmd, cwd=root, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
@@ -510,10 +555,12 @@ def main() -> int:
     p.add_argument("--workloads", help="comma-separated: w1, w2, w3-10, w3-100, w4, w4-10k "
                    "(default: all; --quick leaves out w4-10k)")
     p.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
+    p.add_argument("--python", metavar="PATH", help="the interpreter to run the gateway on (default: the one "
+                   "websockify runs on, so both Python servers are measured on the same Python)")
     p.add_argument("--gateway-root", metavar="DIR", type=Path, default=ROOT,
                    help="run the gateway of another checkout (before/after comparisons)")
     args = p.parse_args()
-    global GATEWAY_ROOT
+    global GATEWAY_ROOT, GATEWAY_PYTHON
     GATEWAY_ROOT = args.gateway_root.resolve()
 
     specs = workloads(args.quick)
@@ -527,6 +574,8 @@ def main() -> int:
     limit = raise_fd_limit(max(s.get("clients", 0) for n, s in specs.items() if n in names) * 2 + 1000)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     bins = build(tmp)
+    if any(t.startswith("gateway") for t in targets):
+        GATEWAY_PYTHON = gateway_python(args.python, tmp)
     log(f"built {', '.join(str(b) for b in bins.values())}; open-file limit {limit}; logs in {tmp}")
     started = time.monotonic()
     results: dict[tuple[str, str], list[dict]] = {}
@@ -552,8 +601,12 @@ def main() -> int:
             Path(args.json).write_text(json.dumps({f"{k[0]} {k[1]}": v for k, v in results.items()}, indent=1))
     shown = [t for t in targets if any(k[1] == t for k in results)]
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    gw_py = subprocess.run([GATEWAY_PYTHON, "-c", "import sys; print(sys.version.split()[0], sys.base_prefix)"],
+                           capture_output=True, text=True).stdout.strip()
     print(f"\nbench/perf: {reps} repetition(s){' (quick)' if args.quick else ''}, {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}, Node {node}, {time.monotonic() - started:.0f} s")
+          f"Node {node}, {time.monotonic() - started:.0f} s")
+    print(f"Python: the gateway on {gw_py or GATEWAY_PYTHON} ({GATEWAY_PYTHON}); websockify on "
+          f"{websockify_python() or 'n/a'}")
     print("W3: the gateway fans ONE device stream out to every client; websockify, websocketd and raw have no "
           "fan-out, so there each client drives its own device connection with its own GO.")
     if any(k[1] == "websockify" for k in results if k[0] == "w4"):
