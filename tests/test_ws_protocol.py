@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import struct
 import threading
@@ -11,6 +12,8 @@ import threading
 import pytest
 import websocket
 from conftest import wait_for, ws_url
+
+from gateway.wsadapter import _unmask
 
 TIMEOUT = 5
 
@@ -407,3 +410,10 @@ def test_keepalive_pings_and_drops_a_client_that_does_not_answer(start_gateway):
     assert msg.data == b"PONG"
     alive.close()
     silent.close()
+
+
+def test_unmasking_matches_the_rfc_for_every_length():
+    """The adapter's own unmasking (a table for short payloads, a repeated key beyond)."""
+    for n in range(0, 300):
+        key, data = os.urandom(4), os.urandom(n)
+        assert _unmask(key, data) == bytes(b ^ key[i % 4] for i, b in enumerate(data)), n
