@@ -28,7 +28,7 @@ Workloads (the load client is client.mjs: Node's ws with bufferutil):
 Both Python servers run on the same interpreter: the gateway on the Python websockify's
 script names (/usr/bin/python3 on Debian), in a virtualenv made for it in the temporary
 directory with requirements.txt, unless --python says otherwise. (A pyenv-built Python
-without PGO/LTO, as on the development machine, runs the same code about 25 % slower.)
+without PGO/LTO, as on the development machine, runs pure Python about 25 % slower.)
 
 It builds the C programs with gcc into a temporary directory, runs `npm ci` in bench/perf
 when node_modules is missing, installs websockify and websocketd with apt-get when they
