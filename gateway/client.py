@@ -1,8 +1,9 @@
 """One WebSocket client of one device: the protocol of SPEC section 4, no socket code.
 
-`on_message` runs on ws4py's manager thread, which serves every client: it only parses,
-checks and queues (the device link's writer does the writing). Frames for the client go
-to its outbox, which only the Sender thread writes out.
+`on_message` runs on ws4py's manager thread, which serves every client: it parses, checks,
+and queues a line or writes it without blocking (DeviceLink.write_now, hold_writes); it
+never waits for a device. Frames for the client go to its outbox (outbound.py: one writer
+at a time, never blocking).
 """
 
 from __future__ import annotations

@@ -53,14 +53,18 @@ class Manager(WebSocketManager):
                 return False
         return True
 
-    def unwatch(self, fd: int) -> None:
-        """Stop calling back for `fd` (a callback already running may still finish)."""
+    def unwatch(self, fd: int, on_readable: Callable[[], bool] | None = None) -> None:
+        """Stop calling back for `fd` (a callback already running may still finish);
+        with `on_readable`, only if that is still the one watching it."""
         with self.lock:
-            if self._readers.pop(fd, None) is not None:
-                try:
-                    self._epoll.unregister(fd)
-                except (OSError, ValueError):
-                    pass
+            current = self._readers.get(fd)
+            if current is None or (on_readable is not None and current is not on_readable):
+                return
+            del self._readers[fd]
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -103,8 +107,10 @@ class Manager(WebSocketManager):
                     except Exception:
                         log.exception("device read callback failed")
                         keep = False
-                    if not keep and readers.get(fd) is on_readable:
-                        self.unwatch(fd)
+                    if not keep:
+                        # Not a newer watch of the same fd by the device's reader, which
+                        # may have taken the device back and handed it over again.
+                        self.unwatch(fd, on_readable)
 
     def _serve(self, fd: int, ws) -> None:
         """What ws4py's loop does for one readable client socket."""
