@@ -81,15 +81,6 @@ class StreamSocketTransport(Transport):
             raise TransportError(f"socket closed: {exc}") from None
         return ready
 
-    def _recv(self) -> bytes:
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except OSError as exc:
-            raise TransportError(f"read failed: {exc}") from None
-        if not data:
-            raise TransportError("device closed the connection")
-        return data
-
     def read(self) -> bytes:
         # One blocking recv, bounded by SO_RCVTIMEO (set in _tune): no select() first.
         return self._read(0)
@@ -268,7 +259,7 @@ class TcpListenTransport(StreamSocketTransport):
             except OSError:
                 pass
             return b""
-        return self._recv() if ready else b""
+        return self.read_nowait() if ready else b""
 
     def close_listener(self) -> None:
         listener, self.listener = self.listener, None
