@@ -8,6 +8,7 @@ deadline, never sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -194,6 +195,23 @@ def running(peer):
     assert r.threads() == [], f"threads left after stop(): {r.threads()}"
 
 
+@contextlib.contextmanager
+def tcp_link(tmp_path, in_loop: bool = False, wrap=None):
+    """A Running link on a TCP device of its own (read by a Manager with `in_loop`);
+    stopped and closed after, with no thread of it left."""
+    peer = TcpServerPeer(tmp_path)
+    peer.in_loop = in_loop
+    try:
+        r = Running(peer, wrap)
+        try:
+            yield r
+        finally:
+            r.stop()
+    finally:
+        peer.close()
+    assert r.threads() == [], f"threads left after stop(): {r.threads()}"
+
+
 def need_return(peer) -> None:
     if not peer.can_lose:
         pytest.skip(peer.cannot_lose_reason)
@@ -305,33 +323,24 @@ def test_device_vanishes_mid_line_then_returns(running):
 
 
 def test_tcp_reset_is_a_loss_too(tmp_path):
-    peer = TcpServerPeer(tmp_path)
-    r = Running(peer)
-    try:
+    with tcp_link(tmp_path) as r:
+        peer = r.peer
         peer.lose(reset=True)
         wait_for(lambda: r.link.state is State.RECONNECTING, what="reconnecting")
         peer.restore()
         peer.attach()
         assert r.link.wait_connected(5)
-    finally:
-        r.stop()
-        peer.close()
-    assert r.threads() == []
 
 
 def test_reconnect_backoff_doubles_up_to_the_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(device_module, "BACKOFF_MAX", 0.4)
-    peer = TcpServerPeer(tmp_path)
-    r = Running(peer, wrap=Recording)
-    try:
+    with tcp_link(tmp_path, wrap=Recording) as r:
+        peer = r.peer
         peer.lose()  # and stays away: every open is refused
         wait_for(lambda: sum(not ok for _, ok in r.transport.opens) >= 4, 5, what="4 failed opens")
         peer.restore()
         peer.attach()
         assert r.link.wait_connected(5)
-    finally:
-        r.stop()
-        peer.close()
     failed = [t for t, ok in r.transport.opens if not ok]
     gaps = [b - a for a, b in zip(failed, failed[1:])][:3]
     for gap, want in zip(gaps, [BACKOFF_FIRST, 2 * BACKOFF_FIRST, 0.4]):
@@ -432,12 +441,10 @@ class ThreadNoting(Collector):
 
 
 def test_a_tcp_device_is_read_by_the_loop_then_by_its_reader_when_the_loop_ends(tmp_path):
-    peer = TcpServerPeer(tmp_path)
-    peer.in_loop = True
-    r = Running(peer)
-    noting = ThreadNoting("text")
-    r.hub.attach(noting, 3)
-    try:
+    with tcp_link(tmp_path, in_loop=True) as r:
+        peer = r.peer
+        noting = ThreadNoting("text")
+        r.hub.attach(noting, 3)
         r.send_lines(["one", "two"])
         wait_for(lambda: noting.texts() == ["one", "two"], what="lines read by the loop")
         assert set(noting.threads) == {"WebSocketManager"}
@@ -455,19 +462,12 @@ def test_a_tcp_device_is_read_by_the_loop_then_by_its_reader_when_the_loop_ends(
         peer.lose()
         wait_for(lambda: noting.texts()[-1:] == ["PART"], what="the partial line, flushed")
         assert [m["seq"] for m in r.json.lines()] == [1, 2, 3, 4]
-    finally:
-        r.stop()
-        peer.close()
-    assert r.threads() == []
 
 
 def test_lines_written_at_once_and_queued_keep_their_order(tmp_path):
     """write_now() (the loop thread's shortcut for a lone line) and submit() interleave."""
-    peer = TcpServerPeer(tmp_path)
-    peer.in_loop = True
-    r = Running(peer)
     client = Client()
-    try:
+    with tcp_link(tmp_path, in_loop=True) as r:
         expected = []
         for i in range(300):
             line = b"L%d\n" % i
@@ -475,21 +475,14 @@ def test_lines_written_at_once_and_queued_keep_their_order(tmp_path):
             if i % 3 == 0 and r.link.write_now(line):
                 continue
             assert r.link.submit(WriteRequest(line, client=client, id=i)) is None
-        assert peer.recv_exactly(sum(map(len, expected))) == b"".join(expected)
+        assert r.peer.recv_exactly(sum(map(len, expected))) == b"".join(expected)
         wait_for(lambda: r.link.counters.lines_out == 300, what="every line counted")
-    finally:
-        r.stop()
-        peer.close()
 
 
 @pytest.mark.parametrize("in_loop", [False, True], ids=["reader", "loop"])
 def test_a_failing_listener_costs_a_reconnect_not_the_device(tmp_path, in_loop):
     """A bug behind publish() (here a sink that raises once) is logged and the link
     reconnects, whichever thread was reading; the device is not left unread."""
-    peer = TcpServerPeer(tmp_path)
-    peer.in_loop = in_loop
-    r = Running(peer)
-
     class FailsOnce:
         failed = False
 
@@ -501,15 +494,11 @@ def test_a_failing_listener_costs_a_reconnect_not_the_device(tmp_path, in_loop):
         def on_state(self, device, state):
             pass
 
-    r.hub.listeners.append(FailsOnce())
-    try:
+    with tcp_link(tmp_path, in_loop=in_loop) as r:
+        r.hub.listeners.append(FailsOnce())
         r.send_lines(["boom"])
         wait_for(lambda: r.link.counters.reconnects == 1, what="a reconnect after the failure")
-        peer.attach()
+        r.peer.attach()
         assert r.link.wait_connected(5)
         r.send_lines(["after"])
         wait_for(lambda: "after" in r.text.texts(), what="a line after the reconnect")
-    finally:
-        r.stop()
-        peer.close()
-    assert r.threads() == []
