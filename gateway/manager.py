@@ -1,8 +1,8 @@
 """ws4py's manager thread, with a leaner loop and room for device sockets.
 
 ws4py's `WebSocketManager` reads every client: one thread, one epoll, `once()` per
-readable socket. This subclass keeps that, and keeps ws4py's `add()`, `remove()` and
-`close_all()`, but changes two things:
+readable socket. This subclass keeps that, and keeps ws4py's `remove()` and
+`close_all()`, but changes three things:
 
 - its loop polls without holding the manager's lock (epoll may be changed from other
   threads while one waits in it) and without ws4py's generator, and it closes its epoll
@@ -11,6 +11,11 @@ readable socket. This subclass keeps that, and keeps ws4py's `add()`, `remove()`
   numbered and sent to the clients by the thread that wrote the request, with no second
   thread to wake (see DeviceLink._read_in_loop). On a ping-pong exchange that is one
   thread woken per direction instead of two, the largest single cost on this path.
+
+- `add()` does not log the client's addresses: ws4py's asks the socket for its peer,
+  which raises when the client reset the connection just after the handshake, and the
+  client then escaped the manager with a traceback in the HTTP thread. Such a client is
+  now registered like any other and dropped by its first read (one INFO line).
 
 A watched device callback returns False to be unwatched; it must never block.
 """
@@ -34,6 +39,17 @@ class Manager(WebSocketManager):
         self.name = "WebSocketManager"
         self._epoll: select.epoll = self.poller.poller  # ws4py's EPollPoller keeps it there
         self._readers: dict[int, Callable[[], bool]] = {}  # fd -> device callback
+
+    # -- clients (ws4py's HTTP handler thread) ------------------------------------------
+
+    def add(self, websocket) -> None:
+        if websocket in self:
+            return
+        websocket.opened()
+        with self.lock:
+            fd = websocket.sock.fileno()
+            self.websockets[fd] = websocket
+            self.poller.register(fd)
 
     # -- device sockets (any thread) --------------------------------------------------
 

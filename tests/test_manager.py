@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 import pytest
@@ -78,3 +79,32 @@ def test_watch_is_refused_once_the_loop_has_ended():
     finally:
         a.close()
         b.close()
+
+
+def test_a_client_reset_right_after_its_handshake_is_added_then_dropped(manager):
+    """ws4py's add() logged the peer's address and raised when the client had already
+    reset the connection (a traceback in the HTTP thread, the client never managed)."""
+    from ws4py.websocket import WebSocket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+
+    def reset() -> bool:
+        try:
+            conn.getpeername()
+        except OSError:
+            return True
+        return False
+
+    try:
+        wait_for(reset, what="the reset to arrive")
+        ws = WebSocket(conn)
+        manager.add(ws)  # raised OSError (ENOTCONN) inside ws4py's add()
+        wait_for(lambda: ws.terminated, what="the reset client to be dropped by its first read")
+        assert len(manager) == 0
+    finally:
+        listener.close()
+        conn.close()
