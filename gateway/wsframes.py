@@ -42,15 +42,19 @@ ws4py 0.6.0 internals relied on (tests/test_ws4py_internals.py fails if one chan
   A frame asks 1, 1, [2 or 8], [4 if masked], [payload length if > 0]; after the last
   piece of a frame it has processed that frame and asks 1 for the next one. Bytes sent
   past what it asked for within the payload are dropped (why it is fed exactly).
-- after the piece that ends a frame, the frame's outcome is in the Stream's attributes:
-  `errors` (list of CloseControlMessage with `.code`, `.reason`: 1002 for reserved bits,
-  reserved opcodes, fragmented control frames, control frames > 125 bytes, a 64-bit
-  length with its top bit set, all raised on the header bytes; 1007 for invalid UTF-8
-  in a text fragment), `message` (TextMessage/BinaryMessage with `.data` bytes,
-  `.is_binary`, `.completed`; fragments extend it; this layer sets it back to None once
-  complete, as ws4py's WebSocket.process does), `pings` / `pongs` (lists of control
-  messages with `.data` bytes; this layer empties them), `closing` (set by a close
-  frame), `has_message` (`message` is there and completed).
+- the header checks raise inside the frame parser on the header bytes and land in
+  `Stream.errors` (a list of CloseControlMessage with `.code` and `.reason`) as code
+  1002: reserved bits (on byte 1), reserved opcodes (byte 1), fragmented control frames
+  (byte 1), control frames over 125 bytes (byte 2), a 64-bit length with its top bit
+  set (after the 8 length bytes).
+- after the piece that ends a data or control frame, its outcome is in the Stream:
+  `errors` (1007 for invalid UTF-8 in a text fragment), `has_message` (`message` is
+  there and completed), `message` (TextMessage/BinaryMessage with `.data` bytes,
+  `.is_binary`, `.completed`; later fragments extend it; this layer sets it back to
+  None once complete, as ws4py's WebSocket.process does), `pings` / `pongs` (lists of
+  control messages with `.data` bytes; this layer empties them). A close frame's
+  outcome (`closing`, or a 1007 in `errors`) is not read: this layer judges close
+  frames itself.
 """
 
 from __future__ import annotations
@@ -215,7 +219,7 @@ class FrameReader:
             if stop > end:
                 self._want = stop - pos
                 break
-            self._rare_payload(buf, pos + head, stop, events)
+            self._rare_payload(buf, pos + head, stop, b0 & 0x0F == 0x8, events)
             if self.closed:
                 break
             pos = stop
@@ -249,13 +253,13 @@ class FrameReader:
             return False
         return True
 
-    def _rare_payload(self, buf: bytes, start: int, stop: int, events: list) -> None:
+    def _rare_payload(self, buf: bytes, start: int, stop: int, is_close: bool, events: list) -> None:
         """Feed a rare frame's payload (whole) to ws4py and turn its outcome into events."""
         self._need_header = True
-        if start < stop and not self._feed_ws4py(buf, start, stop, events):
+        if start < stop and not self._feed_ws4py(buf, start, stop, events, not is_close):
             return
         s = self._stream
-        if s.closing is not None:
+        if is_close:  # ws4py's verdict (closing, or a 1007 error) is not used: see above
             self._close(buf, start, stop, events)
             return
         if s.pings:
@@ -301,10 +305,11 @@ class FrameReader:
                 return
             self._end(events, Close(code, reason))
 
-    def _feed_ws4py(self, buf: bytes, pos: int, stop: int, events: list) -> bool:
+    def _feed_ws4py(self, buf: bytes, pos: int, stop: int, events: list, check: bool = True) -> bool:
         """Feed buf[pos:stop] to ws4py's parser, exactly as many bytes as it asks for at a time.
 
-        False once the connection has failed (ws4py found an error, or broke).
+        False once the connection has failed (ws4py found an error, or broke); with
+        `check` False, errors ws4py reports are left to the caller.
         """
         if self._parser is None:
             self._stream = Stream()
@@ -319,7 +324,7 @@ class FrameReader:
                 self._fail(events, 1011, f"frame parser failed: {exc!r}")
                 return False
             pos += take
-            if s.errors:
+            if s.errors and check:
                 error = s.errors[0]
                 reason = error.reason
                 if isinstance(reason, (bytes, bytearray)):
