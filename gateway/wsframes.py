@@ -15,8 +15,9 @@ Two parsers, one frame each, never a frame split between them:
   A read that is exactly one such short frame takes a shortcut without the loop.
 - every other frame (control frames, fragments, anything malformed) goes to ws4py's
   own parser, `ws4py.streaming.Stream`, fed exactly the number of bytes it asks for
-  next (it drops bytes it was given past the current frame). This layer reads each
-  header first and applies the rules ws4py 0.6.0 gets wrong or leaves out:
+  next (bytes past the current frame would end up in its payload, the next frame
+  lost). This layer reads each header first and applies the rules ws4py 0.6.0 gets
+  wrong or leaves out:
   - masking, checked on the header: ws4py checks it only when there is a payload, so
     it accepts an unmasked empty frame;
   - fragmentation state, checked on the header before ws4py sees it: ws4py tests the
@@ -41,7 +42,7 @@ ws4py 0.6.0 internals relied on (tests/test_ws4py_internals.py fails if one chan
   (1 for a new frame); `send(chunk)` of at most that many bytes returns the next count.
   A frame asks 1, 1, [2 or 8], [4 if masked], [payload length if > 0]; after the last
   piece of a frame it has processed that frame and asks 1 for the next one. Bytes sent
-  past what it asked for within the payload are dropped (why it is fed exactly).
+  past the payload it asked for are taken into that payload (why it is fed exactly).
 - the header checks raise inside the frame parser on the header bytes and land in
   `Stream.errors` (a list of CloseControlMessage with `.code` and `.reason`) as code
   1002: reserved bits (on byte 1), reserved opcodes (byte 1), fragmented control frames
