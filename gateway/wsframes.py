@@ -105,11 +105,13 @@ class Close:
 class Fail:
     """The peer broke the protocol or a limit: close with `code`, then drop the connection."""
 
-    code: int
+    code: int  # 1002, 1007 or 1009 (1011 only if ws4py's parser raised: a bug)
     reason: str
 
 
-PROTOCOL_ERROR, INVALID_DATA, TOO_BIG = 1002, 1007, 1009
+Event = Message | Ping | Pong | Close | Fail
+
+PROTOCOL_ERROR, INVALID_DATA, TOO_BIG, INTERNAL_ERROR = 1002, 1007, 1009, 1011
 
 _new = object.__new__
 _set_data = Message.__dict__["data"].__set__
@@ -162,7 +164,16 @@ class FrameReader:
         self._need = 0  # bytes ws4py's parser asks for next
         self._need_header = True  # the next rare frame's header is still to be checked
 
-    def feed(self, data: bytes) -> list:
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not complete yet (0: the last feed ended on a frame end).
+
+        What wsadapter calls a message `alone` in its read: feed() returned one Message,
+        and buffered == 0.
+        """
+        return self._have
+
+    def feed(self, data: bytes) -> list[Event]:
         """The events completed by `data`, in order; [] once closed."""
         if self.closed or not data:
             return []
@@ -182,7 +193,7 @@ class FrameReader:
             data = b"".join(self._parts)
             self._parts = []
             self._have = 0
-        events: list = []
+        events: list[Event] = []
         rest = self._parse(data, events)
         if rest and not self.closed:
             self._parts = [rest]
@@ -335,7 +346,7 @@ class FrameReader:
             try:
                 self._need = self._parser.send(buf[pos:pos + take])
             except Exception as exc:  # a bug of ours or ws4py's: fail this connection only
-                self._fail(events, 1011, f"frame parser failed: {exc!r}")
+                self._fail(events, INTERNAL_ERROR, f"frame parser failed: {exc!r}")
                 return False
             pos += take
             if s.errors and check:

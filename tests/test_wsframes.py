@@ -14,9 +14,12 @@ gateway's rules) differ, the RFC is followed and the reference is adapted, on pu
   wsproto fails them with 1002. RFC 6455 5.2 tells senders to use the minimal form but
   tells receivers nothing; ws4py and today's wsadapter accept them, and so do we
   (test_non_minimal_lengths_are_accepted). The generator makes minimal lengths only.
+- A continuation without a message, or a new message inside one, is failed (1002) on
+  its header here; wsproto fails it on the frame's first payload byte (the same code,
+  later). The reference fails a header-only frame of that kind itself.
 - Where wsproto checks less: nothing found. Both fail the same frame with the same code
   in every case generated (unmasked, reserved bits and opcodes, control frame rules,
-  fragmentation state, UTF-8 across fragments, close payloads).
+  64-bit length top bit, fragmentation state, UTF-8 across fragments, close payloads).
 """
 
 from __future__ import annotations
@@ -279,6 +282,18 @@ def test_close_codes_do_not_depend_on_ws4py_valid_closing_codes(monkeypatch, ext
     assert feed_chunks([close_frame(1014)]) == [Close(1014, "")]
     assert feed_chunks([close_frame(1016)])[0].code == 1002
     assert feed_chunks([frame(TEXT, b"a", fin=False) + close_frame(1000, b"\xc3")])[-1].code == 1007
+
+
+def test_buffered_counts_the_bytes_of_an_incomplete_frame():
+    reader = FrameReader()
+    data = frame(TEXT, b"abc") + frame(BINARY, b"x" * 300)
+    assert reader.feed(data[:12]) == [Message(b"abc", False)] and reader.buffered == 3
+    assert reader.feed(data[12:-1]) == [] and reader.buffered == len(data) - 10
+    assert reader.feed(data[-1:]) == [Message(b"x" * 300, True)] and reader.buffered == 0
+    assert reader.feed(frame(PING)[:1]) == [] and reader.buffered == 1
+    assert reader.feed(frame(PING)[1:] + frame(TEXT, length=1 << 30)) == [Ping(b""),
+                                                                           Fail(1009, "message larger than 65536 bytes")]
+    assert reader.buffered == 0
 
 
 def test_nothing_is_returned_after_a_fail():
