@@ -21,5 +21,30 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 (cd examples && npm ci --no-audit --no-fund --loglevel=error)
+# The Autobahn TestSuite (tests/test_autobahn.py) runs on Python 2.7 only: pyenv's 2.7.18, in a
+# virtualenv of its own made by virtualenv 20.21.1 (requirements-dev.txt). Skipped when it is
+# there and tests/requirements-autobahn.txt has not changed; when it cannot be installed, the
+# suite still runs and tests/test_autobahn.py fails saying what is missing.
+if [ ! -x .venv-autobahn/bin/wstest ] || ! cmp -s tests/requirements-autobahn.txt .venv-autobahn/requirements-autobahn.txt; then
+  pyenv_root=$(pyenv root 2>/dev/null || true)
+  py27=""
+  for candidate in ${pyenv_root:+"$pyenv_root/versions/2.7.18/bin/python"} /root/.pyenv/versions/2.7.18/bin/python; do
+    if [ -x "$candidate" ]; then py27=$candidate; break; fi
+  done
+  rm -rf .venv-autobahn
+  if [ -z "$py27" ]; then
+    echo "tests/run.sh: no Python 2.7.18 (\$(pyenv root)/versions/2.7.18 or /root/.pyenv/versions/2.7.18): the Autobahn TestSuite is not installed" >&2
+  else
+    echo "tests/run.sh: installing the Autobahn TestSuite into .venv-autobahn/ ($py27)"
+    if .venv/bin/python -m virtualenv -q --no-periodic-update -p "$py27" .venv-autobahn &&
+       .venv-autobahn/bin/python -m pip install -q --disable-pip-version-check --no-python-version-warning \
+         -r tests/requirements-autobahn.txt; then
+      cp tests/requirements-autobahn.txt .venv-autobahn/requirements-autobahn.txt
+    else
+      echo "tests/run.sh: installing the Autobahn TestSuite failed (above)" >&2
+      rm -rf .venv-autobahn
+    fi
+  fi
+fi
 
 exec .venv/bin/python -m pytest "$@"
