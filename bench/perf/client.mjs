@@ -30,9 +30,9 @@ const stdinWaiters = [];
 let stdinLines = null;
 if (isMainThread) {
   stdinLines = readline.createInterface({ input: process.stdin });
-  stdinLines.on("line", () => { const w = stdinWaiters.shift(); if (w) w(); });
+  stdinLines.on("line", (line) => { const w = stdinWaiters.shift(); if (w) w(line); });
 }
-function pause(name, extra = {}) {
+function pause(name, extra = {}) {  // resolves with run.py's answer line (W5: a JSON object)
   return new Promise((resolve) => { stdinWaiters.push(resolve); emit({ event: "pause", name, ...extra }); });
 }
 // run.py samples the servers' CPU at each mark; we wait for its word, so a per-client
@@ -46,8 +46,9 @@ function mark(name) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// A connection that hands complete lines (Buffers without "\n") to onLine.
-function connect(onLine) {
+// A connection that hands complete lines (Buffers without "\n") to onLine; `path`: W5's
+// clients each have their own device.
+function connect(onLine, path = spec.path) {
   return new Promise((resolve, reject) => {
     const conn = { onLine, open: false, closed: false };
     const streamKind = spec.kind === "raw" || spec.kind === "websockify";
@@ -79,7 +80,7 @@ function connect(onLine) {
       sock.on("close", () => { conn.closed = true; });
       return;
     }
-    const url = `ws://${spec.host}:${spec.port}${spec.path || "/"}`;
+    const url = `ws://${spec.host}:${spec.port}${path || "/"}`;
     const ws = new WebSocket(url, spec.kind === "websockify" ? ["binary"] : [], { perMessageDeflate: false });
     let corked = false;
     const uncork = () => { corked = false; ws._socket.uncork(); };
@@ -105,7 +106,7 @@ function connect(onLine) {
 }
 
 // Open `n` connections, at most `parallel` handshakes at a time, within `deadline` ms.
-async function openMany(n, makeOnLine, parallel, deadlineMs) {
+async function openMany(n, makeOnLine, parallel, deadlineMs, pathOf = () => spec.path) {
   const conns = new Array(n);
   let next = 0, failed = 0;
   const until = performance.now() + deadlineMs;
@@ -113,7 +114,7 @@ async function openMany(n, makeOnLine, parallel, deadlineMs) {
     while (next < n && performance.now() < until) {
       const i = next++;
       for (let attempt = 0; attempt < 3; attempt++) {
-        try { conns[i] = await connect(makeOnLine(i)); break; } catch (e) {
+        try { conns[i] = await connect(makeOnLine(i), pathOf(i)); break; } catch (e) {
           if (attempt === 2) { failed++; conns[i] = null; } else await sleep(50);
         }
       }
@@ -346,7 +347,62 @@ async function w4() {
            senders: senders.length, answered, echoed, echo_seconds: echoSeconds, hearing, alive };
 }
 
-const workloads = { w1, w2, w3, w4 };
+// W5: one json client per device (`devices` of them, /ws/dev<i>?format=json). Once every
+// client has its hello, "pause opened": run.py has each device send one line a second
+// ("t=<k> v=<i>.<...>", k = 1, 2, ... per device) and answers with what each device sent,
+// {"sent": [...]}; each client must then hold lines 1..sent[i] of its own device, each once,
+// in order (waiting at most `seconds` s for the last ones).
+async function w5() {
+  const n = spec.devices, most = spec.max_lines;
+  const stats = [];
+  const makeOnLine = (i) => {
+    const s = { hello: false, seen: new Uint8Array(most + 2), unique: 0, dup: 0, reordered: 0, max: 0,
+                foreign: 0, beyond: 0, other: 0 };
+    stats[i] = s;
+    return (buf) => {
+      let msg;
+      try { msg = JSON.parse(buf); } catch { s.other++; return; }
+      if (msg.type === "hello") { s.hello = true; return; }
+      if (msg.type !== "line") { if (msg.type !== "status") s.other++; return; }
+      const m = /^t=(\d+) v=(\d+)\./.exec(msg.line);
+      if (!m) { s.other++; return; }
+      const k = Number(m[1]);
+      if (Number(m[2]) !== i) { s.foreign++; return; }
+      if (k < 1 || k > most) { s.beyond++; return; }
+      if (s.seen[k]) { s.dup++; return; }
+      s.seen[k] = 1;
+      s.unique++;
+      if (k < s.max) s.reordered++; else s.max = k;
+    };
+  };
+  const t0 = performance.now();
+  const { conns, failed } = await openMany(n, makeOnLine, spec.parallel || 100, spec.connect_seconds * 1000,
+                                           (i) => `${spec.path_prefix}${i}?format=json`);
+  const opened = conns.filter(Boolean).length;
+  const connectSeconds = (performance.now() - t0) / 1000;
+  const hellos = await waitUntil(() => stats.every((s) => s.hello), 10000, 20);
+  const answer = JSON.parse(await pause("opened", { opened, hellos }));
+  const sent = answer.sent || [];
+  const complete = await waitUntil(() => stats.every((s, i) => s.unique >= (sent[i] || 0)), spec.seconds * 1000, 20);
+  let lost = 0, dup = 0, reordered = 0, delivered = 0, foreign = 0, beyond = 0, other = 0, maxLost = 0;
+  for (let i = 0; i < n; i++) {
+    const s = stats[i], want = Math.min(sent[i] || 0, most);
+    let got = 0;
+    for (let k = 1; k <= want; k++) got += s.seen[k];
+    const l = want - got;
+    lost += l; maxLost = Math.max(maxLost, l);
+    beyond += s.unique - got + s.beyond;  // lines numbered past what the device sent
+    dup += s.dup; reordered += s.reordered; delivered += s.unique;
+    foreign += s.foreign; other += s.other;
+  }
+  const alive = conns.filter((c) => c && !c.closed).length;
+  for (const c of conns) if (c) c.close();
+  return { devices: n, opened, failed, connect_seconds: connectSeconds, hellos, complete, delivered,
+           expected: sent.reduce((a, b) => a + b, 0), lost, duplicated: dup, reordered, max_lost_per_client: maxLost,
+           foreign, beyond, other, alive };
+}
+
+const workloads = { w1, w2, w3, w4, w5 };
 if (isMainThread) {
   const overall = setTimeout(() => { emit({ event: "error", error: "client time limit" }); process.exit(3); }, spec.limit * 1000);
   try {

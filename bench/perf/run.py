@@ -24,6 +24,12 @@ Workloads (the load client is client.mjs: Node's ws with bufferutil):
           every echo: 1,000,000 frames)
   w4-10k  the gateway only: 10,000 connections held 5 s, then 100 of them send a line and
           all 10,000 must hear those echoes
+  w5      the gateway only: 1,000 TCP devices (devices.py: one asyncio process, a port each)
+          in one generated config file. Once all are connected, 20 s idle: the gateway's
+          threads, CPU seconds in the window (utime+stime of /proc/PID/stat), RSS and PSS;
+          then one json client per device while every device sends a line a second for 30 s:
+          the gateway's CPU % and lost/duplicated/reordered lines (--w5-devices, --w5-idle,
+          --w5-active; --quick: 100 devices, 5 s, 5 s)
 
 Both Python servers run on the same interpreter: the gateway on the Python websockify's
 script names (/usr/bin/python3 on Debian), in a virtualenv made for it in the temporary
@@ -41,6 +47,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import threading
 import resource
 import shutil
 import signal
@@ -378,18 +386,181 @@ def workloads(quick: bool) -> dict[str, dict]:
                "connect_seconds": 60, "parallel": 100, "seconds": 60, "limit": 200},
         "w4-10k": {"workload": "w4", "clients": 2000 if q else 10000, "senders": 100, "hold": 1 if q else 5,
                    "connect_seconds": 120, "parallel": 200, "seconds": 120, "limit": 300},
+        # devices: also --w5-devices, --w5-idle, --w5-active; fds: the open files it needs per process
+        "w5": {"workload": "w5", "devices": 100 if q else 1000, "idle": 5 if q else 20, "active": 5 if q else 30,
+               "connect_seconds": 120, "parallel": 100, "drain": 10, "limit": 300, "fds": (100 if q else 1000) * 2},
     }
 
 
-ONLY = {"w4-10k": ("gateway",)}  # 10,000 processes per target is not a test of anything
+ONLY = {"w4-10k": ("gateway",),  # 10,000 processes per target is not a test of anything
+        "w5": ("gateway",)}  # devices in a config file: only the gateway has them
 
 
 def measure(name: str, target: str, spec: dict, bins, logs) -> dict:
+    if spec["workload"] == "w5":
+        return measure_w5(target, spec, logs)
     run = start_target(target, bins, logs)
     try:
         res = run_client(run, spec)
     finally:
         run.stop()
+    return res
+
+
+# -- W5: many devices, idle then active --------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Lines:
+    """A child's stdout lines through a queue, so that every read has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.q: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, name=f"lines-{proc.pid}", daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:  # ends at EOF: when the child exits
+            self.q.put(line)
+        self.q.put(None)
+
+    def get(self, timeout: float) -> str | None:
+        try:
+            return self.q.get(timeout=max(0.01, timeout))
+        except queue.Empty:
+            return None
+
+    def json(self, timeout: float) -> dict:
+        line = self.get(timeout)
+        if line is None:
+            raise RuntimeError(f"no answer from pid {self.proc.pid} within {timeout:.0f} s")
+        return json.loads(line)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        out[key] = val.strip()
+    return out
+
+
+def stat_cpu_seconds(pid: int) -> float:
+    """utime + stime of /proc/PID/stat: every thread of the process, live or ended (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def gateway_sample(pid: int) -> dict:
+    st = proc_status(pid)
+    return {"threads": int(st["Threads"]), "tasks": len(os.listdir(f"/proc/{pid}/task")),
+            "cpu": stat_cpu_seconds(pid), "cpu_sched": cpu_seconds([pid]), "t": time.monotonic(),
+            "rss_kib": int(st["VmRSS"].split()[0]), "pss_kib": pss_kib([pid])}
+
+
+def w5_config(path: Path, port: int, dev_ports: list[int]) -> None:
+    parts = [f'# W5: {len(dev_ports)} TCP devices (bench/perf/devices.py), made by bench/perf/run.py\n'
+             f'[server]\nhost = "{HOST}"\nport = {port}\n']
+    parts += [f'[[device]]\nname = "dev{i}"\nurl = "tcp://{HOST}:{p}"\n' for i, p in enumerate(dev_ports)]
+    path.write_text("\n".join(parts))
+
+
+def measure_w5(target: str, spec: dict, logs: Path) -> dict:
+    n, idle, active = spec["devices"], spec["idle"], spec["active"]
+    res: dict = {"devices": n, "idle_seconds": idle, "active_seconds": active}
+    devices = subprocess.Popen([sys.executable, str(HERE / "devices.py"), "--count", str(n),
+                                "--limit", str(spec["limit"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    server = client = None
+    try:
+        dev_out = Lines(devices)
+        dev_ports = dev_out.json(60)["ports"]
+        port = free_port()
+        config = logs / f"w5-{n}.toml"
+        w5_config(config, port, dev_ports)
+        root = Path(target.split("@", 1)[1]) if "@" in target else GATEWAY_ROOT
+        cmd = [GATEWAY_PYTHON, str(root / "run_gateway.py"), "--config", str(config), "--port", str(port)]
+        if target == "gateway-nowsaccel":
+            cmd = [GATEWAY_PYTHON, "-c", "import runpy, sys; sys.modules['wsaccel'] = None; "
+                   "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')", *cmd[1:]]
+        logfile = open(logs / f"{target.split('@')[0]}-w5.log", "a")
+        t0 = time.monotonic()
+        server = subprocess.Popen(cmd, cwd=root, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+        pid = server.pid
+        # 1. every device connected, within the deadline
+        deadline = t0 + spec["connect_seconds"]
+        connected = 0
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=5) as r:
+                    states = json.load(r)["devices"]
+                connected = sum(v == "connected" for v in states.values())
+                if connected == n:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.25)
+        res["devices_connected"] = connected
+        res["start_seconds"] = time.monotonic() - t0
+        if connected != n:
+            raise RuntimeError(f"{connected} of {n} devices connected after {spec['connect_seconds']} s "
+                               f"(gateway {'exited' if server.poll() is not None else 'running'})")
+        # 2. idle: nothing is sent to or by anyone
+        a = gateway_sample(pid)
+        time.sleep(idle)
+        b = gateway_sample(pid)
+        wall = b["t"] - a["t"]
+        res.update(threads=b["threads"], tasks=b["tasks"], threads_start=a["threads"],
+                   idle_cpu_s=b["cpu"] - a["cpu"], idle_cpu_sched_s=b["cpu_sched"] - a["cpu_sched"],
+                   idle_wall=wall, rss_kib=b["rss_kib"], pss_kib=b["pss_kib"])
+        # 3. active: a json client per device, a line a second from every device
+        cspec = {"workload": "w5", "kind": "gateway", "host": HOST, "port": port, "path_prefix": "/ws/dev",
+                 "devices": n, "max_lines": active + 5, "parallel": spec["parallel"],
+                 "connect_seconds": spec["connect_seconds"], "seconds": spec["drain"], "limit": spec["limit"]}
+        client = subprocess.Popen(["node", str(HERE / "client.mjs"), json.dumps(cspec)], cwd=HERE,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        out = Lines(client)
+        deadline = time.monotonic() + spec["limit"]
+        for _ in range(100):  # a few events: pause, result or error
+            ev = out.json(deadline - time.monotonic())
+            kind = ev.pop("event")
+            if kind == "pause":
+                res["clients_opened"], res["hellos"] = ev.get("opened"), ev.get("hellos")
+                a, c0 = gateway_sample(pid), cpu_seconds([client.pid])
+                devices.stdin.write(f"START {active}\n")
+                devices.stdin.flush()
+                done = dev_out.json(active + 60)
+                b, c1 = gateway_sample(pid), cpu_seconds([client.pid])
+                wall = b["t"] - a["t"]
+                res.update(active_cpu_s=b["cpu"] - a["cpu"], active_wall=wall,
+                           active_cpu_pct=(b["cpu"] - a["cpu"]) / wall * 100,
+                           server_cpu=(b["cpu_sched"] - a["cpu_sched"]) / wall, client_cpu=(c1 - c0) / wall,
+                           sent=sum(done["sent"]), unsent=done["unsent"], device_late_ms=done["late_ms"],
+                           threads_active=b["threads"], rss_active_kib=b["rss_kib"], pss_active_kib=b["pss_kib"])
+                client.stdin.write(json.dumps({"sent": done["sent"]}) + "\n")
+                client.stdin.flush()
+            elif kind == "result":
+                ev.pop("devices", None)
+                res.update(ev)
+                break
+            elif kind == "error":
+                res["error"] = ev["error"]
+                break
+        else:
+            res["error"] = "client: too many events"
+    except Exception as exc:  # reported in the table, not fatal
+        res["error"] = str(exc)
+    finally:
+        if client is not None:
+            try:
+                client.stdin.close()
+                client.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                client.kill()
+                client.wait()
+        stop(server, 30)
+        stop(devices)
     return res
 
 
@@ -431,6 +602,13 @@ ROWS = [  # (workload, label, key, higher is better)
     ("w4", "W4 held idle / echoed (of clients)", "held4", None),
     ("w4-10k", "W4 10k idle PSS MiB", "pss_idle", False),
     ("w4-10k", "W4 10k held/alive/answered", "held", None),
+    # W5 labels: {n} is the number of devices, {idle} the idle window's seconds
+    ("w5", "W5 {n} idle devices: threads", "threads", False),
+    ("w5", "W5 idle CPU s in {idle} s", "idle_cpu_s", False),
+    ("w5", "W5 RSS MiB (idle)", "rss_mib", False),
+    ("w5", "W5 PSS MiB (idle)", "pss_mib", False),
+    ("w5", "W5 active gateway CPU %", "active_cpu_pct", False),
+    ("w5", "W5 active lost/dup/reordered (sum)", "errors", None),
 ]
 
 
@@ -451,6 +629,8 @@ def value(res: dict, key: str):
         return res.get("processes_idle")
     if key == "held4":
         return f"{res.get('opened', 0) - res.get('closed_while_idle', 0)}/{res.get('answered')} of {res.get('clients')}"
+    if key in ("rss_mib", "pss_mib"):
+        return res.get(key[:3] + "_kib", 0) / 1024 or None
     if key == "held":
         return f"{res.get('opened')}/{res.get('alive')}/{res.get('answered')}of{res.get('senders')}"
     return res.get(key)
@@ -464,6 +644,9 @@ def table(results: dict, targets: list[str], names: list[str]) -> list[str]:
     for wl, label, key, higher in ROWS:
         if wl not in names:
             continue
+        if "{" in label:  # W5: the sizes it ran with
+            first = next((r for t in cols for r in results.get((wl, t), [])), {})
+            label = label.format(n=f"{first.get('devices', '?'):,}", idle=first.get("idle_seconds", "?"))
         row = [label]
         meds = {}
         for t in cols:
@@ -542,6 +725,30 @@ def verdicts(results: dict) -> list[str]:
         check(f"W4 {runs[0].get('clients')} connections held and echoing", ok,
               "; ".join(f"{r.get('opened')} opened, {r.get('alive')} alive, {r.get('answered')}/{r.get('senders')} echoed, "
                         f"{value(r, 'pss_idle') or 0:.1f} MiB" for r in runs))
+    for t in sorted({k[1] for k in results if k[0] == "w5"}):
+        runs = results[("w5", t)]
+        who = "" if t == "gateway" else f" ({t})"
+        n, idle = runs[0].get("devices"), runs[0].get("idle_seconds") or 20
+        if any("error" in r for r in runs):
+            check(f"W5{who} {n} devices", False, "; ".join(r["error"] for r in runs if "error" in r))
+        a = m("w5", t, "threads")
+        if a is not None:
+            check(f"W5{who} {n} idle devices in <= 40 threads", a <= 40, f"{a:.0f} threads")
+        a = m("w5", t, "idle_cpu_s")
+        if a is not None:
+            check(f"W5{who} idle CPU <= 0.2 s per 20 s", a * 20 / idle <= 0.2,
+                  f"{a:.2f} s in {idle} s ({a * 20 / idle:.2f} s per 20 s)")
+        a = m("w5", t, "rss_mib")
+        if a is not None:
+            check(f"W5{who} {n} idle devices in <= 150 MiB RSS", a <= 150,
+                  f"{a:.1f} MiB RSS, {m('w5', t, 'pss_mib') or 0:.1f} MiB PSS")
+        ok = [r for r in runs if r.get("lost") is not None]
+        if ok:
+            lost = sum(r["lost"] for r in ok)
+            check(f"W5{who} active: 0 lost", lost == 0 and all(r.get("sent") for r in ok),
+                  f"{lost} lost, {sum(r['duplicated'] for r in ok)} duplicated, {sum(r['reordered'] for r in ok)} "
+                  f"reordered of {sum(r['sent'] for r in ok):,} lines sent ({sum(r.get('unsent', 0) for r in ok)} "
+                  f"not sent: device not connected), over all repetitions")
     return out
 
 
@@ -552,11 +759,14 @@ def main() -> int:
     p.add_argument("--targets", default="raw,gateway,websockify,websocketd",
                    help="comma-separated: raw, gateway, websockify, websocketd, gateway-nowsaccel, "
                    "gateway@DIR (the gateway of another checkout, for before/after comparisons)")
-    p.add_argument("--workloads", help="comma-separated: w1, w2, w3-10, w3-100, w4, w4-10k "
+    p.add_argument("--workloads", help="comma-separated: w1, w2, w3-10, w3-100, w4, w4-10k, w5 "
                    "(default: all; --quick leaves out w4-10k)")
     p.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
     p.add_argument("--python", metavar="PATH", help="the interpreter to run the gateway on (default: the one "
                    "websockify runs on, so both Python servers are measured on the same Python)")
+    p.add_argument("--w5-devices", type=int, metavar="N", help="W5's devices (default 1,000; --quick: 100)")
+    p.add_argument("--w5-idle", type=int, metavar="S", help="W5's idle window in seconds (default 20; --quick: 5)")
+    p.add_argument("--w5-active", type=int, metavar="S", help="W5's active window in seconds (default 30; --quick: 5)")
     p.add_argument("--gateway-root", metavar="DIR", type=Path, default=ROOT,
                    help="run the gateway of another checkout (before/after comparisons)")
     args = p.parse_args()
@@ -564,6 +774,10 @@ def main() -> int:
     GATEWAY_ROOT = args.gateway_root.resolve()
 
     specs = workloads(args.quick)
+    for key, val in (("devices", args.w5_devices), ("idle", args.w5_idle), ("active", args.w5_active)):
+        if val is not None:
+            specs["w5"][key] = val
+    specs["w5"]["fds"] = specs["w5"]["devices"] * 2
     names = args.workloads.split(",") if args.workloads else [n for n in specs if not (args.quick and n == "w4-10k")]
     for n in names:
         if n not in specs:
@@ -571,7 +785,7 @@ def main() -> int:
     reps = args.reps or (1 if args.quick else 3)
     targets = ensure_apt(args.targets.split(","))
     ensure_node()
-    limit = raise_fd_limit(max(s.get("clients", 0) for n, s in specs.items() if n in names) * 2 + 1000)
+    limit = raise_fd_limit(max(s.get("fds", s.get("clients", 0) * 2) for n, s in specs.items() if n in names) + 1000)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     bins = build(tmp)
     if any(t.startswith("gateway") for t in targets):
@@ -594,7 +808,8 @@ def main() -> int:
                     results.setdefault((wl, t), []).append(res)
                     brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()
                              if k in ("rate", "p50_ms", "p99_ms", "lost", "duplicated", "reordered", "complete",
-                                      "pss_idle_kib", "answered", "opened", "alive", "error", "server_cpu", "client_cpu")}
+                                      "pss_idle_kib", "answered", "opened", "alive", "error", "server_cpu", "client_cpu",
+                                      "threads", "idle_cpu_s", "rss_kib", "pss_kib", "active_cpu_pct", "sent")}
                     log(f"rep {rep + 1}/{reps} {wl:7} {t:18} {time.monotonic() - t0:5.1f} s  {json.dumps(brief)}")
     finally:
         if args.json:

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""W5's devices: N TCP line servers on 127.0.0.1 in one process (asyncio, one thread).
+
+    python devices.py --count 1000 --limit 600
+
+Each device is a listening port the gateway dials (tcp://127.0.0.1:PORT); a new
+connection to a device replaces its old one. What the gateway writes is read and
+dropped. Talks to bench/perf/run.py through stdin and stdout, one line each way:
+
+  out  {"ports": [P0, P1, ...]}                once every device listens
+  in   STATUS                                  -> {"connected": K, "accepted": A}
+  in   START S                                 every device sends one line a second for S
+                                               seconds, device i at offset i/N of each second:
+                                               "t=<k> v=<i>.<k mod 100>", k = 1..S per device
+  out  {"sent": [...], "unsent": U, "late_ms": L, "seconds": W}   when the S seconds are over
+                                               (sent: lines written per device; unsent: lines
+                                               due while that device had no connection; late_ms:
+                                               the worst lateness against the schedule)
+  EOF on stdin, or --limit seconds: it exits.
+Every loop is bounded by a count and a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+
+HOST = "127.0.0.1"
+
+
+class Device(asyncio.Protocol):
+    def __init__(self, index: int, devices: "Devices") -> None:
+        self.index = index
+        self.devices = devices
+
+    def connection_made(self, transport) -> None:
+        old = self.devices.conns[self.index]
+        if old is not None and not old.is_closing():
+            old.close()  # a new connection replaces the old one, as a board would
+        self.devices.conns[self.index] = transport
+        self.devices.accepted += 1
+
+    def data_received(self, data: bytes) -> None:
+        pass  # nothing in W5 writes to the devices
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+
+class Devices:
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.conns: list[asyncio.Transport | None] = [None] * count
+        self.accepted = 0
+
+    def live(self, i: int):
+        t = self.conns[i]
+        return t if t is not None and not t.is_closing() else None
+
+    async def send_for(self, seconds: int) -> dict:
+        """One line a second from every device for `seconds` seconds (count: seconds * N lines)."""
+        n = self.count
+        sent = [0] * n
+        unsent = 0
+        late = 0.0
+        t0 = time.monotonic()
+        deadline = t0 + seconds + 30
+        for k in range(1, seconds + 1):
+            for i in range(n):
+                due = t0 + (k - 1) + i / n
+                now = time.monotonic()
+                if due - now > 0.002:
+                    await asyncio.sleep(due - now)
+                else:
+                    late = max(late, now - due)
+                if time.monotonic() > deadline:
+                    break
+                t = self.live(i)
+                if t is None:
+                    unsent += 1
+                    continue
+                t.write(f"t={k} v={i}.{k % 100:02d}\n".encode())
+                sent[i] += 1
+        # the window is the schedule's span: the last device's last line is due at t0 + seconds - 1/n
+        rest = t0 + seconds - time.monotonic()
+        if rest > 0:
+            await asyncio.sleep(rest)
+        return {"sent": sent, "unsent": unsent, "late_ms": round(late * 1000, 2),
+                "seconds": round(time.monotonic() - t0, 4)}
+
+
+def say(obj) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def main_async(count: int, limit: float) -> None:
+    loop = asyncio.get_running_loop()
+    devices = Devices(count)
+    servers = []
+    for i in range(count):
+        servers.append(await loop.create_server(lambda i=i: Device(i, devices), HOST, 0, backlog=16))
+    say({"ports": [s.sockets[0].getsockname()[1] for s in servers]})
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    end = time.monotonic() + limit
+    for _ in range(1000):  # commands: a handful per run
+        try:
+            line = await asyncio.wait_for(reader.readline(), max(0.1, end - time.monotonic()))
+        except asyncio.TimeoutError:
+            break
+        if not line:
+            break  # run.py went away
+        cmd = line.decode().split()
+        if cmd[:1] == ["STATUS"]:
+            say({"connected": sum(devices.live(i) is not None for i in range(count)), "accepted": devices.accepted})
+        elif cmd[:1] == ["START"] and len(cmd) == 2:
+            say(await devices.send_for(int(cmd[1])))
+        else:
+            say({"error": f"unknown command {line!r}"})
+        if time.monotonic() > end:
+            break
+    for s in servers:
+        s.close()
+    for t in devices.conns:
+        if t is not None:
+            t.abort()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--limit", type=float, default=600, help="exit after this many seconds whatever happens")
+    args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * args.count + 100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.run(main_async(args.count, args.limit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
