@@ -87,3 +87,17 @@ def test_a_slow_handshake_is_dropped_after_the_handshake_timeout(start_gateway):
     assert slow.recv(100) == b""  # the gateway hung up
     slow.close()
     wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("http:")], what="request threads to end")
+
+
+def test_counts_in_the_query_are_ascii_digits_only(start_gateway):
+    gw = start_gateway()
+    for value in ("\u00b2", "\u0661\u0662", "+1", "1_0", ""):
+        with pytest.raises(websocket.WebSocketBadStatusException) as err:
+            websocket.create_connection(ws_url(gw, history=value), timeout=5)
+        assert err.value.status_code == 400, value
+        with pytest.raises(websocket.WebSocketBadStatusException) as err:
+            websocket.create_connection(ws_url(gw, since=value), timeout=5)
+        assert err.value.status_code == 400, value
+    assert gw.stats.handshakes_bad == 10
+    ws = websocket.create_connection(ws_url(gw, history="0"), timeout=5)
+    ws.close()
