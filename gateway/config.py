@@ -136,7 +136,8 @@ def _typed(cls, table: dict, where: str, prefix: str, overrides: dict | None = N
     values = {}
     for key, value in table.items():
         if key not in known:
-            raise _fail(where, f"{prefix}{key}", value, f"unknown key (known: {', '.join(known)})")
+            names = [f.name for f in fields(cls)]  # also those parsed before: allow, buttons, allowed_hosts
+            raise _fail(where, f"{prefix}{key}", value, f"unknown key (known: {', '.join(names)})")
         want = known[key]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
