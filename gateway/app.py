@@ -29,7 +29,7 @@ from .device import DeviceLink
 from .hub import Hub
 from .manager import Manager
 from .outbound import Sender
-from .security import server_context
+from .security import Access, server_context
 from .server import GatewayApp, HTTPServer
 from .sinks import build_sinks
 from .wsadapter import ClientSocket
@@ -58,6 +58,8 @@ class GatewayStats:
     lines_refused: int = 0  # json errors for lines not written (role, allowlist, rate, format)
     rate_limited: int = 0  # lines over lines_per_second
     clients_total: int = 0  # clients ever connected
+    requests_refused_host: int = 0  # 403: Host header not allowed (DNS rebinding)
+    requests_dropped_pending: int = 0  # unfinished requests dropped beyond limits.max_pending
 
 
 class Gateway:
@@ -82,6 +84,9 @@ class Gateway:
         self._sockets: set[ClientSocket] = set()
         self.stats = GatewayStats()
         self.started_at = 0.0
+        # Who may connect: the Host policy and the auth rules, with a control token made
+        # here when bound beyond loopback without tokens (security.Access).
+        self.access = Access(config)
 
     # -- lifecycle --------------------------------------------------------------------
 

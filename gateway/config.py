@@ -10,6 +10,7 @@ e.g. `gateway.toml: device[0].url = 'foo://x': unknown scheme 'foo'`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from . import transports
 from .codec import EOLS
+from .counts import parse_count
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -61,6 +63,9 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     certfile: str = ""  # with keyfile: serve https:// and wss:// on the same port
     keyfile: str = ""
+    # Host header values allowed besides loopback names and the bound address (DNS
+    # rebinding): exact names, ".example.com" for a domain and its subdomains, "*" for any.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,9 @@ ROLES = ("view", "control")
 class AuthConfig:
     tokens: tuple[Token, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    # Bound beyond loopback with no tokens, the gateway makes a control token at start;
+    # anonymous = true serves everyone instead (and says so in a WARNING).
+    anonymous: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class LimitsConfig:
     lines_per_second: float = 0
     queue: int = 10000
     max_clients: int = 10000
+    max_pending: int = 256  # HTTP requests accepted but not yet read whole; beyond it the oldest is dropped
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,8 @@ def _typed(cls, table: dict, where: str, prefix: str, overrides: dict | None = N
     values = {}
     for key, value in table.items():
         if key not in known:
-            raise _fail(where, f"{prefix}{key}", value, f"unknown key (known: {', '.join(known)})")
+            names = [f.name for f in fields(cls)]  # also those parsed before: allow, buttons, allowed_hosts
+            raise _fail(where, f"{prefix}{key}", value, f"unknown key (known: {', '.join(names)})")
         want = known[key]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -175,9 +185,10 @@ def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
     merged: dict = {}
     for key, value in url_options.items():
         if key in _INT_OPTIONS:
-            if not value.isdigit():
-                raise _fail(where, f"{prefix}url", url, f"{key} must be a whole number, not {value!r}")
-            merged[key] = int(value)
+            try:
+                merged[key] = parse_count(value)
+            except ValueError:
+                raise _fail(where, f"{prefix}url", url, f"{key} must be a whole number, not {value!r}") from None
         else:
             merged[key] = value
     buttons = table.get("buttons", [])
@@ -220,17 +231,57 @@ def _check_server(server: ServerConfig, where: str) -> None:
 
 
 def _check_limits(limits: LimitsConfig, where: str) -> None:
-    for key, low in (("max_message", 125), ("queue", 1), ("max_clients", 1)):
+    for key, low in (("max_message", 125), ("queue", 1), ("max_clients", 1), ("max_pending", 1)):
         if getattr(limits, key) < low:
             raise _fail(where, f"limits.{key}", getattr(limits, key), f"expected at least {low}")
     if limits.lines_per_second < 0:
         raise _fail(where, "limits.lines_per_second", limits.lines_per_second, "expected >= 0 (0 is off)")
 
 
+HOST_NAME_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*$")
+
+
+def host_entry(entry: object) -> str:
+    """One `allowed_hosts` entry, normalised (lower case, IPv6 in brackets); ValueError if
+    it is not "*", a host name, ".domain", an IPv4 address or an [IPv6] address."""
+    if not isinstance(entry, str):
+        raise ValueError("expected a host name such as \"gateway.example.com\"")
+    text = entry.strip().lower()
+    if text == "*":
+        return text
+    if "://" in text or "/" in text:
+        raise ValueError("expected a host name, not a URL (e.g. \"gateway.example.com\")")
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if ":" in bare:
+        try:
+            return f"[{ipaddress.IPv6Address(bare).compressed}]"
+        except ValueError:
+            raise ValueError("expected a host name without a port (the port is not checked)") from None
+    name = text[1:] if text.startswith(".") else text
+    if not HOST_NAME_RE.match(name) or len(name) > 253:
+        raise ValueError("expected a host name such as \"gateway.example.com\", \".example.com\" or \"*\"")
+    return text
+
+
+def _check_allowed_hosts(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(where, "server.allowed_hosts", value, 'expected a list such as ["gateway.example.com"]')
+    out = []
+    for i, entry in enumerate(value):
+        try:
+            out.append(host_entry(entry))
+        except ValueError as exc:
+            raise _fail(where, f"server.allowed_hosts[{i}]", entry, str(exc)) from None
+    return tuple(out)
+
+
+AUTH_KEYS = ("tokens", "allowed_origins", "anonymous")
+
+
 def _auth_from(table: dict, where: str) -> AuthConfig:
     for key in table:
-        if key not in ("tokens", "allowed_origins"):
-            raise _fail(where, f"auth.{key}", table[key], "unknown key (known: tokens, allowed_origins)")
+        if key not in AUTH_KEYS:
+            raise _fail(where, f"auth.{key}", table[key], f"unknown key (known: {', '.join(AUTH_KEYS)})")
     tokens = table.get("tokens", [])
     if not isinstance(tokens, list):
         raise _fail(where, "auth.tokens", tokens, 'expected a list of { token = "...", role = "view" | "control" }')
@@ -246,7 +297,12 @@ def _auth_from(table: dict, where: str) -> AuthConfig:
     origins = table.get("allowed_origins", [])
     if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
         raise _fail(where, "auth.allowed_origins", origins, 'expected a list such as ["https://dash.example.com"]')
-    return AuthConfig(tokens=tuple(parsed), allowed_origins=tuple(o.rstrip("/") for o in origins))
+    anonymous = table.get("anonymous", False)
+    if not isinstance(anonymous, bool):
+        raise _fail(where, "auth.anonymous", anonymous, "expected true or false")
+    if anonymous and parsed:
+        raise _fail(where, "auth.anonymous", anonymous, "anonymous = true and tokens do not go together")
+    return AuthConfig(tokens=tuple(parsed), allowed_origins=tuple(o.rstrip("/") for o in origins), anonymous=anonymous)
 
 
 def _check_mqtt(mqtt: MqttConfig, where: str) -> None:
@@ -265,7 +321,9 @@ def from_dict(data: dict, where: str) -> Config:
     for key in data:
         if key not in sections:
             raise _fail(where, key, data[key], f"unknown section (known: {', '.join(sorted(sections))})")
-    server = _typed(ServerConfig, _table(data, "server", where), where, "server.")
+    server_table = dict(_table(data, "server", where))
+    hosts = _check_allowed_hosts(server_table.pop("allowed_hosts"), where) if "allowed_hosts" in server_table else ()
+    server = _typed(ServerConfig, server_table, where, "server.", {"allowed_hosts": hosts})
     _check_server(server, where)
     limits = _typed(LimitsConfig, _table(data, "limits", where), where, "limits.")
     _check_limits(limits, where)

@@ -42,6 +42,8 @@ STAT_DOCS = {
     "lines_refused": "Client lines not written: role, allowlist, rate limit or format",
     "rate_limited": "Client lines over lines_per_second",
     "clients_total": "WebSocket clients ever connected",
+    "requests_refused_host": "HTTP and WebSocket requests refused with 403: Host header not allowed (DNS rebinding)",
+    "requests_dropped_pending": "Unfinished HTTP requests dropped: more than limits.max_pending at once",
 }
 
 _registries: "weakref.WeakKeyDictionary[object, CollectorRegistry]" = weakref.WeakKeyDictionary()

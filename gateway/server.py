@@ -4,7 +4,12 @@ The stock ws4py `WSGIServer` serves one request at a time (one idle connection b
 every handshake); here `ThreadingMixIn` gives each request a named thread, which ends
 once the request is answered or the handshake is done: a WebSocket then belongs to
 ws4py's manager thread (reads) and our Sender thread (writes), not to a thread of its
-own. A handler timeout bounds how long a slow client may take over its request.
+own. A handler timeout bounds how long a slow client may take over its request, and
+`max_pending` how many requests may be unfinished at once: beyond it the oldest is
+dropped (its socket shut down, so its thread ends), so a flood of connections that never
+finish their request holds a bounded number of threads.
+
+Every request, HTTP and WebSocket, passes the Host check (DNS rebinding) before any route.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
@@ -25,6 +31,7 @@ from ws4py.server.wsgirefserver import WebSocketWSGIHandler, WebSocketWSGIReques
 from ws4py.server.wsgiutils import WebSocketWSGIApplication
 
 from .client import Options
+from .counts import parse_count
 from .hub import FORMATS
 from .security import origin_allowed, role_for, token_from
 
@@ -56,6 +63,13 @@ class RequestHandler(WebSocketWSGIRequestHandler):
         self.timeout = self.server.handshake_timeout
         super().setup()
 
+    def parse_request(self):
+        # The request line and headers are read (or found bad): no longer pending.
+        try:
+            return super().parse_request()
+        finally:
+            self.server.request_read(self.connection)
+
     def log_message(self, format, *args):
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -73,12 +87,17 @@ class RequestHandler(WebSocketWSGIRequestHandler):
 
 
 class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
-    """A thread per request, each named and joined (with a deadline) on close."""
+    """A thread per request, each named and joined (with a deadline) on close.
+
+    At most `app.max_pending` requests are pending (accepted, request line and headers
+    not yet read); a new one beyond that drops the oldest pending one, and the server
+    calls `app.request_dropped()` for each.
+    """
 
     daemon_threads = False
     block_on_close = False  # we join our own threads, with a timeout
     allow_reuse_address = True
-    request_queue_size = 256
+    request_queue_size = 1024  # the listen backlog: a flood waits in the kernel, not in threads
 
     def __init__(self, address, app, handshake_timeout: float, ssl_context: ssl.SSLContext | None = None):
         self.handshake_timeout = handshake_timeout
@@ -86,11 +105,15 @@ class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
         self._threads_lock = threading.Lock()
         self._request_threads: set[threading.Thread] = set()
         self._requests: set[socket.socket] = set()
+        self._pending: dict[socket.socket, None] = {}  # unfinished requests, oldest first
         self._upgraded: set[socket.socket] = set()
+        self._dropped_unlogged = 0
+        self._drop_logged_at = 0.0
         super().__init__(address, RequestHandler)
         if ssl_context is not None:
             self.socket = ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.set_app(app)
+        self.max_pending = getattr(app, "max_pending", 256)
 
     def process_request(self, request, client_address):
         name = f"http:{client_address[0]}:{client_address[1]}"
@@ -98,7 +121,35 @@ class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
         with self._threads_lock:
             self._request_threads.add(t)
             self._requests.add(request)
+            self._pending[request] = None
+            dropped = []
+            while len(self._pending) > self.max_pending:
+                oldest = next(iter(self._pending))
+                del self._pending[oldest]
+                dropped.append(oldest)
+        for old in dropped:
+            self._drop(old)
         t.start()
+
+    def _drop(self, request) -> None:
+        """Shut a pending request's socket down: its thread's read ends, and so does it."""
+        try:
+            request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # it finished meanwhile
+        note = getattr(self.get_app(), "request_dropped", None)
+        if note is not None:
+            note()
+        self._dropped_unlogged += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= 10.0:  # one line per 10 s of a flood, not one per socket
+            log.warning("more than %d requests unfinished: dropped the oldest (%d since the last report)",
+                        self.max_pending, self._dropped_unlogged)
+            self._drop_logged_at, self._dropped_unlogged = now, 0
+
+    def request_read(self, request) -> None:
+        with self._threads_lock:
+            self._pending.pop(request, None)
 
     def process_request_thread(self, request, client_address):
         try:
@@ -107,6 +158,7 @@ class HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
             with self._threads_lock:
                 self._request_threads.discard(threading.current_thread())
                 self._requests.discard(request)
+                self._pending.pop(request, None)
 
     def handle_error(self, request, client_address):
         log.exception("request from %s:%s failed", *client_address[:2])
@@ -161,9 +213,10 @@ def parse_ws_options(query: str, offered: list[str], role: str = "control") -> t
         value = one(key)
         if value is None:
             return None
-        if not value.isdigit():
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"{key} must be a whole number >= 0, not {value!r}")
-        return int(value)
+        try:
+            return parse_count(value)
+        except ValueError:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"{key} must be a whole number >= 0, not {value!r}") from None
 
     fmt = one("format")
     chosen = None
@@ -178,6 +231,15 @@ def parse_ws_options(query: str, offered: list[str], role: str = "control") -> t
     if fmt not in FORMATS:
         raise HttpError(HTTPStatus.BAD_REQUEST, f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     return Options(fmt=fmt, history=count("history"), since=count("since"), run=one("run"), role=role), chosen
+
+
+def local_address_of(environ) -> str | None:
+    """The address the client connected to (with a wildcard bind, one of this machine's)."""
+    sock = environ.get("ws4py.socket")
+    try:
+        return sock.getsockname()[0]
+    except (OSError, AttributeError, IndexError):
+        return None
 
 
 def peer_of(environ) -> str:
@@ -195,9 +257,21 @@ class GatewayApp:
     def __init__(self, gateway):
         self.gateway = gateway
 
+    @property
+    def access(self):
+        return self.gateway.access
+
+    @property
+    def max_pending(self) -> int:
+        return self.gateway.config.limits.max_pending
+
+    def request_dropped(self) -> None:
+        self.gateway.stats.requests_dropped_pending += 1
+
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "/")
         try:
+            self.check_host(environ)
             if path.startswith("/ws/"):
                 return self.websocket(environ, start_response, path[4:])
             if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -211,9 +285,21 @@ class GatewayApp:
         start_response(f"{status.value} {status.phrase}", headers)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
+    def check_host(self, environ) -> None:
+        """DNS rebinding: refuse a Host this gateway does not answer to, on every request.
+        HTTP/1.0 without Host is let through: browsers always send one."""
+        host = environ.get("HTTP_HOST")
+        if host is None and environ.get("SERVER_PROTOCOL", "HTTP/1.0") == "HTTP/1.0":
+            return
+        if not self.access.hosts.allows(host, local_address_of(environ)):
+            self.gateway.stats.requests_refused_host += 1
+            log.warning("%s: request for host %r refused (not in [server] allowed_hosts)", peer_of(environ), host)
+            reason = "no Host header" if host is None else f"host {host!r} not allowed: add it to [server] allowed_hosts"
+            raise HttpError(HTTPStatus.FORBIDDEN, reason)
+
     def route(self, path: str, environ):
         gw = self.gateway
-        if path in ("/api/devices", "/metrics") and role_for(gw.config.auth, token_from(environ)) is None:
+        if path in ("/api/devices", "/metrics") and role_for(self.access.auth, token_from(environ)) is None:
             raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
         if path == "/healthz":
             return json_body({"status": "ok", "devices": {name: link.state.value for name, link in gw.links.items()}})
@@ -253,8 +339,9 @@ class GatewayApp:
 
     def websocket(self, environ, start_response, name: str):
         gw = self.gateway
-        auth = gw.config.auth
-        if not origin_allowed(auth, environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST")):
+        auth = self.access.auth
+        if not origin_allowed(auth, environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST"),
+                              lambda h: self.access.hosts.allows(h, local_address_of(environ))):
             gw.stats.handshakes_refused_origin += 1
             log.warning("%s: WebSocket from origin %r refused", peer_of(environ), environ.get("HTTP_ORIGIN"))
             raise HttpError(HTTPStatus.FORBIDDEN, "origin not allowed")

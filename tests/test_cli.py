@@ -6,9 +6,11 @@ import json
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -66,8 +68,11 @@ def test_default_run_prints_page_and_websocket_urls():
 @pytest.mark.parametrize("args, expected", [
     (["--device", "x=gopher://h"], "--device: url = 'gopher://h': unknown scheme 'gopher'"),
     (["--device", "nameonly"], "expected NAME=URL"),
-    (["--port", "http"], "invalid int value: 'http'"),
+    (["--port", "http"], "invalid port 'http'"),
     (["--port", "99999"], "--port: server.port = 99999"),
+    (["--port", "\u00b2"], "invalid port '\u00b2'"),
+    (["--port", "\u0661\u0662"], "invalid port"),
+    (["--device", "a=sim://?max_line=\u00b2"], "--device: url = 'sim://?max_line=\u00b2': max_line must be a whole number"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--config", "/nonexistent.toml"], "/nonexistent.toml: cannot read"),
 ])
@@ -88,6 +93,65 @@ def test_bad_config_file_exit_2_names_file_key_value(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"run_gateway.py: {path}: device[0].url = 'serial:///dev/ttyUSB0?parity=X': "
                                    "parity must be one of N, E, O, M, S, not 'X'")
+
+
+def test_allow_pattern_that_does_not_compile_exit_2_naming_it(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('[[device]]\nname = "sim"\nurl = "sim://"\nallow = ["PING", "LED (ON|OFF"]\n')
+    proc = subprocess.run([sys.executable, str(ROOT / "run_gateway.py"), "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"run_gateway.py: {path}: device[0].allow = 'LED (ON|OFF': not a regular expression"), line
+
+
+def test_beyond_loopback_prints_page_urls_with_a_token_made_at_start():
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_gateway.py"), "--host", "0.0.0.0", "--port", "0",
+                             "--device", "sim=sim://?interval=0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        m = re.fullmatch(r"listening on http://0\.0\.0\.0:(\d+)\n", proc.stdout.readline())
+        assert m, "no listening line"
+        port = m.group(1)
+        pages = []
+        while (line := proc.stdout.readline()).startswith("control page: "):
+            pages.append(line.removeprefix("control page: ").strip())
+        token = re.fullmatch(r"http://[^/]+/\?token=([A-Za-z0-9_-]{20,})", pages[0]).group(1)
+        hosts = [re.fullmatch(rf"http://([^/]+):{port}/\?token={token}", url).group(1) for url in pages]
+        assert "0.0.0.0" not in hosts and hosts[0] == socket.gethostname(), pages
+        assert line == f"device sim: sim://?interval=0 -> ws://{hosts[0]}:{port}/ws/sim?token={token}\n"
+        local = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{local}/api/devices", timeout=5)
+        assert err.value.code == 401
+        for url in pages:  # each printed URL serves the page, and its token the API
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert resp.status == 200 and b"<html" in resp.read().lower()
+            with urllib.request.urlopen(url.replace("/?", "/api/devices?"), timeout=5) as resp:
+                assert resp.status == 200
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(f"ws://127.0.0.1:{port}/ws/sim", timeout=5)
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/sim?token={token}", timeout=5)
+        ws.send("PING")
+        assert ws.recv() == "PONG"
+        ws.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        _, err_text = proc.communicate()
+    assert "WARNING gateway: bound to 0.0.0.0 with no [auth] tokens: made a control token" in err_text
+
+
+def test_loopback_needs_no_token():
+    proc, url = run_gateway("--port", "0")
+    try:
+        assert proc.stdout.readline() == f"control page: {url}/\n"
+        with urllib.request.urlopen(f"{url}/api/devices", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        proc.communicate()
 
 
 def test_port_in_use_is_a_clear_error():

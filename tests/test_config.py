@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Button, Config, ConfigError, apply_flags, from_dict, load_file
+from gateway.counts import parse_count
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 
@@ -58,6 +59,19 @@ def test_device_options_in_the_url_query():
     ({"device": [{"name": "a", "url": "serial:///dev/x?baudrate=fast"}]}, "device[0].url", "baudrate=fast"),
     ({"device": [{"name": "a", "url": "sim://?interval=-1"}]}, "device[0].url", "interval=-1"),
     ({"device": [{"name": "a", "url": "sim://?max_line=x"}]}, "device[0].url", "max_line=x"),
+    ({"device": [{"name": "a", "url": "sim://?max_line=\u00b2"}]}, "device[0].url", "max_line=\u00b2"),
+    ({"device": [{"name": "a", "url": "sim://?history=\u0661\u0662"}]}, "device[0].url", "history="),
+    ({"device": [{"name": "a", "url": "sim://?pace_ms=+5"}]}, "device[0].url", "pace_ms=+5"),
+    ({"device": [{"name": "a", "url": "sim://", "allow": ["LED (ON"]}]}, "device[0].allow", "'LED (ON'"),
+    ({"server": {"allowed_hosts": "gw.lan"}}, "server.allowed_hosts", "'gw.lan'"),
+    ({"server": {"allowed_hosts": ["ok.lan", "http://gw.lan"]}}, "server.allowed_hosts[1]", "'http://gw.lan'"),
+    ({"server": {"allowed_hosts": ["gw.lan:8765"]}}, "server.allowed_hosts[0]", "'gw.lan:8765'"),
+    ({"server": {"allowed_hosts": ["gw lan"]}}, "server.allowed_hosts[0]", "'gw lan'"),
+    ({"server": {"allowed_hosts": [".."]}}, "server.allowed_hosts[0]", "'..'"),
+    ({"server": {"allowed_hosts": [8765]}}, "server.allowed_hosts[0]", "8765"),
+    ({"limits": {"max_pending": 0}}, "limits.max_pending", "0"),
+    ({"auth": {"anonymous": "yes"}}, "auth.anonymous", "'yes'"),
+    ({"auth": {"anonymous": True, "tokens": [{"token": "s3cret", "role": "view"}]}}, "auth.anonymous", "True"),
     ({"device": [{"name": "a", "url": "sim://", "buttons": [{"label": "x"}]}]}, "device[0].buttons[0]", "{'label': 'x'}"),
     ({"device": [{"name": "a", "url": "sim://"}, {"name": "a", "url": "loop://"}]}, "device[1].name", "'a'"),
 ])
@@ -68,6 +82,27 @@ def test_errors_name_file_key_and_value(data, key, value):
     assert message.startswith(f"gw.toml: {key} = ")
     assert value in message
     assert "\n" not in message
+
+
+def test_security_keys_and_their_defaults():
+    config = Config()
+    assert config.server.allowed_hosts == () and config.auth.anonymous is False
+    assert config.limits.max_pending == 256
+    config = from_dict({"server": {"allowed_hosts": ["GW.example.com", ".Lan", "[::1]", "::1", "10.0.0.5", "*"]},
+                        "auth": {"anonymous": True}, "limits": {"max_pending": 32}}, "f")
+    assert config.server.allowed_hosts == ("gw.example.com", ".lan", "[::1]", "[::1]", "10.0.0.5", "*")
+    assert config.auth.anonymous is True and config.limits.max_pending == 32
+
+
+def test_counts_are_ascii_digits_only():
+    assert parse_count("0") == 0 and parse_count("4096") == 4096 and parse_count("007") == 7
+    for text in ("\u00b2", "\u0661\u0662", "\uff11", " 1", "1 ", "+1", "-1", "1_000", "1.0", "", "0x10", "1" * 21):
+        with pytest.raises(ValueError) as err:
+            parse_count(text)
+        assert "\n" not in str(err.value)
+    assert parse_count("65535", 0, 65535) == 65535
+    with pytest.raises(ValueError, match="expected 0 to 65535"):
+        parse_count("65536", 0, 65535)
 
 
 def test_flags_override_the_file(tmp_path):
@@ -115,9 +150,11 @@ _device_keys = st.sampled_from(["name", "url", "eol", "encoding", "max_line", "p
                                 "record", "allow", "bogus"])
 _devices = st.lists(st.dictionaries(_device_keys, _values, max_size=6), max_size=3)
 _tables = st.fixed_dictionaries({}, optional={
-    "server": st.dictionaries(st.sampled_from(["host", "port", "ping_interval", "certfile", "x"]), _values, max_size=3),
-    "limits": st.dictionaries(st.sampled_from(["max_message", "queue", "max_clients", "lines_per_second"]), _values, max_size=3),
-    "auth": st.dictionaries(st.sampled_from(["tokens", "allowed_origins", "x"]), _values, max_size=2),
+    "server": st.dictionaries(st.sampled_from(["host", "port", "ping_interval", "certfile", "allowed_hosts", "x"]),
+                              _values, max_size=3),
+    "limits": st.dictionaries(st.sampled_from(["max_message", "queue", "max_clients", "lines_per_second", "max_pending"]),
+                              _values, max_size=3),
+    "auth": st.dictionaries(st.sampled_from(["tokens", "allowed_origins", "anonymous", "x"]), _values, max_size=2),
     "mqtt": st.dictionaries(st.sampled_from(["url", "prefix", "discovery", "buffer"]), _values, max_size=3),
     "device": _devices,
     "other": _values,

@@ -12,7 +12,7 @@ import pytest
 import websocket
 from conftest import wait_for, ws_url
 
-HANDSHAKE = (b"GET /ws/sim HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+HANDSHAKE = (b"GET /ws/sim HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 

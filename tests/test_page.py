@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import assert_no_gateway_threads, free_port, ws_url
 from gateway.app import Gateway
+from gateway.cli import base_urls, token_query
 from gateway.config import AuthConfig, Button, Config, DeviceConfig, ServerConfig, Token
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,10 +51,11 @@ def devices(interval: float = 0.0, dead_port: int | None = None) -> tuple[Device
 class GatewayRunner:
     """A gateway that can be stopped and started again on the same port."""
 
-    def __init__(self, devs: tuple[DeviceConfig, ...], auth: AuthConfig | None = None):
-        self.config = Config(server=ServerConfig(host="127.0.0.1", port=free_port()), devices=devs,
+    def __init__(self, devs: tuple[DeviceConfig, ...], auth: AuthConfig | None = None, host: str = "127.0.0.1"):
+        self.config = Config(server=ServerConfig(host=host, port=free_port()), devices=devs,
                              auth=auth or AuthConfig())
         self.gw: Gateway | None = None
+        self.url = f"http://127.0.0.1:{self.config.server.port}"  # where the page is opened
 
     def start(self) -> Gateway:
         self.gw = Gateway(self.config).start()
@@ -66,18 +69,14 @@ class GatewayRunner:
             self.gw.shutdown()
             self.gw = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.config.server.port}"
-
 
 @pytest.fixture
 def gateway():
     """gateway(devices, auth=None) -> a started GatewayRunner; stopped at teardown."""
     runners = []
 
-    def start(devs, auth=None):
-        runner = GatewayRunner(devs, auth)
+    def start(devs, auth=None, host="127.0.0.1"):
+        runner = GatewayRunner(devs, auth, host)
         runner.start()
         runners.append(runner)
         return runner
@@ -448,3 +447,89 @@ def test_readable_at_phone_width(gateway, open_page):
         assert b and b["x"] >= 0 and b["x"] + b["width"] <= 390, (locator, b)
     shot(page, "phone", full_page=True)
     watch.assert_clean()
+
+
+# -- no stale state while the gateway is away (issue 12, item 5) ------------------------------
+
+CONNECTED = re.compile(r"\bconnected\b")  # "connected", not "disconnected"
+UNKNOWN_TEXT = "unknown \u2014 gateway unreachable"
+
+
+def test_no_device_state_is_claimed_while_the_gateway_is_away(gateway, open_page):
+    runner = gateway(devices())
+    page, watch = open_page(runner)
+    nav = page.get_by_role("navigation", name="Devices")
+    pill = page.locator("#device-state")
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    for name in ("sim", "rover"):
+        expect(nav.locator(f'[data-device="{name}"]')).to_have_attribute("data-state", "connected")
+    expect(pill).to_have_text("connected")
+
+    runner.stop()
+    expect(page.locator("#banner")).to_be_visible()
+    for name in ("sim", "rover"):
+        expect(nav.locator(f'[data-device="{name}"]')).to_have_attribute("data-state", "unknown")
+        expect(nav.locator(f'[data-device="{name}"] .state')).to_have_text(UNKNOWN_TEXT)
+    expect(pill).to_have_text(UNKNOWN_TEXT)
+    expect(pill).to_have_attribute("data-state", "unknown")
+    expect(page.locator("#banner")).to_contain_text("attempt 2")  # a retry has failed: still nothing claimed
+    expect(nav).not_to_contain_text(CONNECTED)
+    expect(page.locator("#device-head")).not_to_contain_text(CONNECTED)
+    expect(page.locator("header")).not_to_contain_text(CONNECTED)
+    shot(page, "gateway-away")
+
+    runner.start()  # the same port: the page finds it by itself
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live", timeout=15_000)
+    for name in ("sim", "rover"):
+        expect(nav.locator(f'[data-device="{name}"]')).to_have_attribute("data-state", "connected")
+        expect(nav.locator(f'[data-device="{name}"] .state')).to_have_text("connected")
+    expect(pill).to_have_text("connected")
+    watch.assert_clean(allowed=NETWORK_ERRORS)
+
+
+def test_a_device_going_away_shows_as_such(gateway, open_page):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    runner = gateway((DeviceConfig("bench", f"tcp://127.0.0.1:{port}"),))
+    conn, _ = listener.accept()
+    try:
+        assert runner.gw.links["bench"].wait_connected(5)
+        page, watch = open_page(runner, path="/#bench")
+        nav = page.get_by_role("navigation", name="Devices")
+        expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+        expect(page.locator("#device-state")).to_have_text("connected")
+        conn.close()  # the device hangs up, and answers no more
+        listener.close()
+        expect(page.locator("#device-state")).to_have_text(re.compile(r"^(reconnecting|disconnected)$"))
+        expect(nav.locator('[data-device="bench"]')).to_have_attribute("data-state", re.compile(r"reconnecting|disconnected"))
+        expect(page.locator("#link-state")).to_have_attribute("data-state", "live")  # the gateway itself is fine
+        watch.assert_clean()
+    finally:
+        conn.close()
+        listener.close()
+
+
+# -- bound beyond loopback: the printed URL, with its token, works (issue 12, item 2) ------------
+
+
+def test_the_printed_page_url_with_its_token_works(gateway, open_page):
+    runner = gateway(devices(), host="0.0.0.0")
+    query = token_query(runner.gw)
+    assert query.startswith("?token=")
+    bases = base_urls(runner.gw)
+    assert bases and not any("0.0.0.0" in b for b in bases), bases
+    for base in bases:  # the host name, then each address, as printed
+        runner.url = base
+        page, watch = open_page(runner, path="/" + query)
+        expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+        expect(page.locator("#device-state")).to_have_text("connected")
+        send(page, "ECHO via " + base)
+        expect(row(page, "rx", "via " + base)).to_have_count(1)
+        assert watch.sockets and all(query[1:] in u for u in watch.sockets), watch.sockets
+        watch.assert_clean()
+    # Without the token, the page is served but says what is missing.
+    runner.url = bases[-1]
+    page, watch = open_page(runner)
+    expect(page.locator("#device-list")).to_contain_text("needs a token")
+    watch.assert_clean(allowed=re.compile(r"status of 401"))

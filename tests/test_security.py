@@ -1,10 +1,13 @@
-"""SPEC section 6: tokens and roles, Origin, TLS, limits, and an allowlist of lines."""
+"""SPEC section 6: Host allowlist, tokens and roles (and the token made beyond loopback),
+Origin, TLS, limits, and an allowlist of lines."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import urllib.error
@@ -13,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import websocket
-from conftest import ws_url
+from conftest import metric, ws_url
 
 from gateway.app import Gateway
 from gateway.config import AuthConfig, Config, DeviceConfig, LimitsConfig, ServerConfig, Token
-from gateway.security import RateLimit, origin_allowed, role_for
+from gateway.security import Access, HostPolicy, LineFilter, RateLimit, origin_allowed, role_for, split_host
 
 NODE_DIR = Path(__file__).parent / "node"
 TOKENS = (Token("s3cret", "control"), Token("look-only", "view"))
@@ -240,3 +243,155 @@ def test_device_allowlist(gateway_with):
     assert gw.stats.lines_refused == 3
     for ws in (js, text, binary):
         ws.close()
+
+
+def test_allowlist_patterns_match_the_whole_line(gateway_with):
+    assert LineFilter(("LED (ON|OFF)", "PING|GET temp")).allows("LED ON")
+    f = LineFilter(("LED (ON|OFF)", "PING|GET temp"))
+    for line in ("XLED ON", "LED ON; REBOOT", "RESET LED OFF", "LED ON\n", "PINGX", "GET temperature"):
+        assert not f.allows(line), line
+    assert f.allows("GET temp") and f.allows("PING")
+    gw = gateway_with(devices=[DeviceConfig("sim", "sim://?interval=0", allow=("LED (ON|OFF)",))])
+    js = websocket.create_connection(ws_url(gw, format="json"), timeout=5)
+    json.loads(js.recv())
+    for i, line in enumerate(("XLED ON", "LED ON; REBOOT", "RESET LED OFF")):
+        js.send(json.dumps({"line": line, "id": i}))
+        assert json.loads(js.recv()) == {"type": "error", "id": i, "error": "line not allowed on device sim"}
+    js.send(json.dumps({"line": "LED ON", "id": 9}))
+    assert json.loads(js.recv()) == {"type": "ack", "id": 9}
+    assert gw.links["sim"].counters.lines_out == 1
+    js.close()
+
+
+# -- Host allowlist (DNS rebinding) -----------------------------------------------------------
+
+
+def raw_request(gw, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as is on a raw socket; (status, body) of the answer."""
+    with socket.create_connection(gw.address, timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def get_with_host(gw, path: str, host: str | None, version: str = "1.1") -> tuple[int, bytes]:
+    header = f"Host: {host}\r\n" if host is not None else ""
+    return raw_request(gw, f"GET {path} HTTP/{version}\r\n{header}Connection: close\r\n\r\n".encode())
+
+
+def test_rebound_host_is_refused_on_every_request(gateway_with):
+    gw = gateway_with()
+    port = gw.address[1]
+    evil = f"evil.example:{port}"
+    # The attack: a page on http://evil.example:PORT, its name rebound to 127.0.0.1.
+    assert refused(ws_url(gw), host=evil, origin=f"http://{evil}") == 403
+    for path in ("/api/devices", "/metrics", "/healthz", "/", "/ws/sim", "/nope"):
+        status, body = get_with_host(gw, path, evil)
+        assert status == 403, path
+        assert body == f"host {evil!r} not allowed: add it to [server] allowed_hosts\n".encode()
+    assert gw.stats.requests_refused_host == 7
+    assert gw.stats.handshakes_refused_origin == 0  # refused before any route
+    assert metric(gw, "gateway_requests_refused_host_total") == 7
+    assert gw.links["sim"].counters.lines_out == 0
+    # Loopback names, with or without the port, and the bound address are served.
+    for host in ("localhost", f"localhost:{port}", "LOCALHOST", "127.0.0.1", f"127.0.0.1:{port}", "[::1]",
+                 f"[::1]:{port}"):
+        assert get_with_host(gw, "/api/devices", host)[0] == 200, host
+    ws = websocket.create_connection(ws_url(gw), host=f"localhost:{port}", origin=f"http://localhost:{port}", timeout=5)
+    ws.send("PING")
+    assert ws.recv() == "PONG"
+    ws.close()
+
+
+def test_missing_or_malformed_host(gateway_with):
+    gw = gateway_with()
+    assert get_with_host(gw, "/healthz", None) == (403, b"no Host header\n")
+    assert get_with_host(gw, "/healthz", None, version="1.0")[0] == 200  # not a browser: HTTP/1.0 may omit it
+    for host in ("", "localhost:http", "localhost:\u00b2", "localhost:1:2", "[::1", "user@localhost", "127.0.0.1/x"):
+        assert get_with_host(gw, "/healthz", host)[0] == 403, host
+
+
+def test_bound_address_is_allowed(gateway_with):
+    gw = gateway_with(server=ServerConfig(host="127.0.0.2", port=0))
+    assert get_with_host(gw, "/healthz", f"127.0.0.2:{gw.address[1]}")[0] == 200
+    assert get_with_host(gw, "/healthz", "127.0.0.3")[0] == 403
+
+
+def test_allowed_hosts_exact_domain_and_star(gateway_with):
+    gw = gateway_with(server=ServerConfig(port=0, allowed_hosts=("gw.example.com", ".lan")))
+    for host in ("gw.example.com", "GW.example.com:443", "lan", "pi.lan", "a.b.lan:8765"):
+        assert get_with_host(gw, "/healthz", host)[0] == 200, host
+    for host in ("example.com", "x.gw.example.com", "evil.example", "xlan", "lan.evil"):
+        assert get_with_host(gw, "/healthz", host)[0] == 403, host
+    ws = websocket.create_connection(ws_url(gw), host="pi.lan:80", origin="https://pi.lan:80", timeout=5)
+    ws.close()
+    anyone = gateway_with(server=ServerConfig(port=0, allowed_hosts=("*",)))
+    assert get_with_host(anyone, "/healthz", "evil.example")[0] == 200
+
+
+def test_host_rules():
+    assert split_host("LOCALHOST:8765") == ("localhost", 8765)
+    assert split_host("[0:0::1]") == ("[::1]", None)
+    assert split_host("h:\u00b2") is None and split_host("h:1:2") is None and split_host("") is None
+    policy = HostPolicy((".example.com",), own_names=("127.0.0.2",))
+    assert policy.allows("a.example.com") and policy.allows("example.com") and not policy.allows("badexample.com")
+    assert policy.allows("127.0.0.2:1") and not policy.allows("127.0.0.3")
+    assert policy.allows("192.0.2.7:8765", local_address="192.0.2.7")  # the address the client connected to
+    assert policy.allows("192.0.2.7", local_address="::ffff:192.0.2.7")
+    assert not policy.allows("evil.example", local_address="192.0.2.7")
+
+
+def test_own_origin_counts_only_for_an_allowed_host():
+    auth = AuthConfig()
+    hosts = HostPolicy()
+    assert origin_allowed(auth, "http://localhost:1", "localhost:1", hosts.allows)
+    # Origin equal to Host is no longer enough: the host itself must be allowed.
+    assert not origin_allowed(auth, "http://evil.example:1", "evil.example:1", hosts.allows)
+    assert origin_allowed(AuthConfig(allowed_origins=("http://evil.example:1",)), "http://evil.example:1",
+                          "evil.example:1", hosts.allows)  # unless listed in allowed_origins
+
+
+# -- beyond loopback: a token made at start --------------------------------------------------
+
+
+def test_a_token_is_made_when_bound_beyond_loopback_without_tokens(caplog):
+    assert Access(Config()).generated_token is None  # loopback: open, as before
+    assert Access(Config(server=ServerConfig(host="localhost"))).generated_token is None
+    access = Access(Config(server=ServerConfig(host="0.0.0.0")), token_factory=lambda: "made-at-start")
+    assert access.generated_token == "made-at-start"
+    assert role_for(access.auth, "made-at-start") == "control" and role_for(access.auth, None) is None
+    assert Access(Config(server=ServerConfig(host="0.0.0.0"))).generated_token != Access(
+        Config(server=ServerConfig(host="0.0.0.0"))).generated_token
+    configured = Access(Config(server=ServerConfig(host="0.0.0.0"), auth=AuthConfig(tokens=TOKENS)))
+    assert configured.generated_token is None and configured.auth.tokens == TOKENS
+    with caplog.at_level(logging.WARNING, logger="gateway.security"):
+        anonymous = Access(Config(server=ServerConfig(host="::"), auth=AuthConfig(anonymous=True)))
+    assert anonymous.generated_token is None and role_for(anonymous.auth, None) == "control"
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "anonymous = true" in caplog.records[0].message
+
+
+def test_bound_beyond_loopback_the_made_token_is_needed(gateway_with):
+    gw = gateway_with(server=ServerConfig(host="0.0.0.0", port=0))
+    token = gw.access.generated_token
+    assert token and len(token) >= 20
+    port = gw.address[1]
+    url = f"http://127.0.0.1:{port}"
+    for path in ("/api/devices", "/metrics"):
+        assert http_status(url + path) == 401
+        assert http_status(f"{url}{path}?token={token}") == 200
+    assert http_status(url + "/healthz") == 200 and http_status(url + "/") == 200
+    assert refused(f"ws://127.0.0.1:{port}/ws/sim") == 401
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/sim?token={token}", timeout=5)
+    ws.send("PING")
+    assert ws.recv() == "PONG"
+    ws.close()
+    assert gw.links["sim"].counters.lines_out == 1
+
+
+def test_anonymous_opts_out(gateway_with):
+    gw = gateway_with(server=ServerConfig(host="0.0.0.0", port=0), auth=AuthConfig(anonymous=True))
+    assert gw.access.generated_token is None
+    assert http_status(f"http://127.0.0.1:{gw.address[1]}/api/devices") == 200

@@ -383,7 +383,7 @@ def test_keepalive_pings_and_drops_a_client_that_does_not_answer(start_gateway):
     gw = start_gateway(server={"ping_interval": 0.3})
     alive = connect(gw)
     silent = socket.create_connection(gw.address)  # completes the handshake, then never reads
-    silent.sendall(b"GET /ws/sim HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    silent.sendall(b"GET /ws/sim HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     wait_for(lambda: gw.client_count() == 2, what="2 clients")
     # websocket-client answers each ping inside recv(); keep it reading for a while.

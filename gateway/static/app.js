@@ -70,10 +70,25 @@
   let current = null;          // the open device's name
   let pollTimer = null;
 
+  /* A device's state is shown only while it is fresh: reported by the gateway (the list,
+   * or the open device's hello and status frames) since the page last lost the gateway.
+   * While the gateway is unreachable the page claims no state: "unknown". */
+  const fresh = new Set();     // names whose state came from the gateway since it was last lost
+  let epoch = 0;               // bumped when the gateway is lost: answers asked for before are stale
+  const UNKNOWN = "unknown";
+  const UNKNOWN_TEXT = "unknown — gateway unreachable";
+
+  function gatewayLost() {
+    epoch += 1;
+    fresh.clear();
+    for (const name of devices.keys()) paintState(name);
+  }
+
   async function refreshDevices() {
     clearTimeout(pollTimer);
     pollTimer = setTimeout(refreshDevices, POLL_MS);
     if (stream && stream.phase === "away") return; // the gateway is gone; the stream retries
+    const asked = epoch;
     let list;
     try {
       const res = await fetch(withToken("/api/devices"), { cache: "no-store" });
@@ -84,11 +99,17 @@
       if (!res.ok) throw new Error("HTTP " + res.status);
       list = await res.json();
     } catch (e) {
+      if (!stream || stream.phase !== "live") gatewayLost();
       if (!devices.size) renderDeviceMessage("Cannot reach the gateway (" + e.message + ").");
       return;
     }
+    if (asked !== epoch) return;  // asked before the gateway was lost: not fresh
     devices.clear();
-    for (const d of list) devices.set(d.name, d);
+    fresh.clear();
+    for (const d of list) {
+      devices.set(d.name, d);
+      fresh.add(d.name);
+    }
     renderDevices();
     if (current && devices.has(current)) renderDeviceHead(devices.get(current));
     if (current && !devices.has(current) && stream && stream.phase !== "closed") {
@@ -131,29 +152,40 @@
     for (const b of ul.querySelectorAll("button.device")) {
       if (b.dataset.device === current) b.setAttribute("aria-current", "true");
       else b.removeAttribute("aria-current");
-      setDeviceState(b.dataset.device, devices.get(b.dataset.device).state);
+      paintState(b.dataset.device);
     }
   }
 
+  /* A state reported by the gateway just now (hello, status). */
   function setDeviceState(name, state) {
     const d = devices.get(name);
     if (d) d.state = state;
+    fresh.add(name);
+    paintState(name, state);
+  }
+
+  /* Show a device's state if it is fresh, else "unknown". */
+  function paintState(name, state) {
+    const d = devices.get(name);
+    if (state === undefined) state = d ? d.state : UNKNOWN;
+    if (!fresh.has(name)) state = UNKNOWN;
+    const text = state === UNKNOWN ? UNKNOWN_TEXT : state;
     const b = document.querySelector('#device-list button[data-device="' + CSS.escape(name) + '"]');
     if (b) {
       b.dataset.state = state;
-      b.querySelector(".state").textContent = state;
+      b.querySelector(".state").textContent = text;
     }
     if (name === current) {
       const pill = $("device-state");
       pill.dataset.state = state;
-      pill.textContent = state;
+      pill.textContent = text;
     }
   }
 
   function renderDeviceHead(d) {
     $("device-name").textContent = d.name;
     $("device-kind").textContent = d.kind;
-    setDeviceState(d.name, d.state);
+    paintState(d.name);
     const c = d.counters || {};
     const parts = [["in", c.lines_in], ["out", c.lines_out], ["errors", c.errors], ["clients", c.clients], ["reconnects", c.reconnects]];
     const box = $("device-counters");
@@ -267,6 +299,7 @@
 
     lost(why) {
       if (this.phase === "closed") return;
+      gatewayLost();  // until the gateway answers again, the page knows no device's state
       if (this.phase === "live") {
         log.add("sys", "connection to the gateway lost" + (why ? " (" + why + ")" : "") + "; reconnecting…");
       }
