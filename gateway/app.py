@@ -5,10 +5,11 @@ stopped together.
         print(gw.url)
 
 Threads it owns, all named and joined with a deadline on shutdown: the HTTP server's
-accept loop ("http-accept"), one per request in progress ("http:ADDR"), ws4py's manager
-("WebSocketManager", gateway/manager.py: reads every client, and the TCP devices while
-they are up), the Sender ("ws-tx", writes every client),
-two per device ("device-rx:NAME", "device-tx:NAME"), and the sinks' ("mqtt-sink" with
+accept loop ("http-accept"), one per request in progress ("http:ADDR"), the I/O loop
+("WebSocketManager", gateway/manager.py: ws4py's manager thread, which owns every client
+socket and every device descriptor), the workers that open devices ("device-open-N",
+started when first needed), one per device without a descriptor ("device:NAME": sim://,
+mqtt://, pyserial's socket://, rfc2217://, loop://), and the sinks' ("mqtt-sink" with
 paho's "paho-mqtt-client-<client_id>-NAME", "recorder").
 """
 
@@ -28,11 +29,11 @@ from .config import Config
 from .device import DeviceLink
 from .hub import Hub
 from .manager import Manager
-from .outbound import Sender
 from .security import Access, server_context
 from .server import GatewayApp, HTTPServer
 from .sinks import build_sinks
-from .wsadapter import ClientSocket
+from .workers import Workers
+from .wsadapter import ClientSocket, Keepalive
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,16 @@ class Gateway:
     def __init__(self, config: Config):
         self.config = config
         self.run_id = secrets.token_hex(6)
+        self.manager = Manager()
+        self.workers = Workers("device-open", 4)
         self.links: dict[str, DeviceLink] = {}
         for dev in config.devices:
             hub = Hub(dev.name, self.run_id, dev.history)
-            self.links[dev.name] = DeviceLink(dev, hub, transports.create(dev.url))
+            self.links[dev.name] = DeviceLink(dev, hub, transports.create(dev.url),
+                                              loop=self.manager, workers=self.workers)
         self.sinks = build_sinks(self)
         for link in self.links.values():
             link.hub.listeners.extend(self.sinks)
-        self.sender = Sender(config.server.ping_interval)
-        self.manager: Manager | None = None
         self.server: HTTPServer | None = None
         self._accept_thread: threading.Thread | None = None
         self._ids = itertools.count(1)
@@ -94,14 +96,12 @@ class Gateway:
         srv = self.config.server
         context = server_context(srv.certfile, srv.keyfile) if srv.certfile else None
         self.server = HTTPServer((srv.host, srv.port), GatewayApp(self), srv.handshake_timeout, context)
-        self.manager = Manager()
         self.server.manager = self.manager  # ws4py's handler adds sockets through it
-        self.sender.start()
         self.manager.start()
+        Keepalive(self.manager, srv.ping_interval).start()
         for sink in self.sinks:
             sink.start()
         for link in self.links.values():
-            link.loop = self.manager
             link.start()
         self._accept_thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-accept"
@@ -127,25 +127,28 @@ class Gateway:
         """Close clients with 1001, stop accepting, close devices, join every thread."""
         if self.server is None:
             return
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         self.server.shutdown()  # stops serve_forever
         if self._accept_thread is not None:
-            self._accept_thread.join(timeout)
-        self.server.close_requests(timeout)
-        for ws in self.client_sockets():
-            ws.close(1001, "gateway shutting down")
-        deadline = time.monotonic() + 1.0
-        while self.client_sockets() and time.monotonic() < deadline:
-            time.sleep(0.02)  # clients answer the close; the manager then lets them go
-        for ws in self.client_sockets():
-            if ws.outbox is not None:
-                ws.outbox.finish()
-        self.manager.stop()
-        self.manager.join(timeout)
+            self._accept_thread.join(left())
+        self.server.close_requests(left())
+        # The loop fails what waits for the devices, closes them, sends every client
+        # 1001 and ends once they answered, within a second or what is left.
+        self.manager.stop(min(1.0, left()))
+        self.manager.join(left())
+        if self.manager.is_alive():
+            log.warning("the I/O loop did not stop within %.1f s", timeout)
         for link in self.links.values():
-            link.stop(timeout)
+            link.stop(left())
+        self.workers.stop(left())
         for sink in self.sinks:
-            sink.stop(timeout)
-        self.sender.stop(timeout)
+            sink.stop(left())
+        if hasattr(self.server, "manager"):
+            del self.server.manager  # ws4py's server_close() would close_all() and join it again
         self.server.server_close()
         self.server = None
 
@@ -165,7 +168,6 @@ class Gateway:
         limits = self.config.limits
         return {
             "gateway.client": client,
-            "gateway.sender": self.sender,
             "gateway.max_message": limits.max_message,
             "gateway.queue": limits.queue,
             "gateway.registry": self,

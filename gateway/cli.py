@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, link in gw.links.items():
         print(f"device {name}: {masked(link.config.url)} -> {ws_base}/ws/{name}{token_query(gw)}", flush=True)
     try:
-        while not stop.wait(1.0):
-            pass
+        stop.wait()  # a signal wakes it: the handler runs on this thread, between waits
     finally:
         log.info("shutting down")
         gw.shutdown()

@@ -1,9 +1,10 @@
 """One WebSocket client of one device: the protocol of SPEC section 4, no socket code.
 
-`on_message` runs on ws4py's manager thread, which serves every client: it parses, checks,
-and queues a line or writes it without blocking (DeviceLink.write_now, hold_writes); it
-never waits for a device. Frames for the client go to its outbox (outbound.py: one writer
-at a time, never blocking).
+Everything here runs on the I/O loop thread (gateway/manager.py), which serves every
+client: `on_message` parses and checks what the client sent and queues the lines for the
+device (DeviceLink.submit: written at the end of the loop round, never waited for);
+frames for the client are queued on its connection (wsadapter.ClientSocket), sent at the
+end of the round.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from . import frames
 from .codec import LineError, check_line, encode_line, split_client_text
 from .device import DeviceLink, WriteRequest
-from .outbound import Outbox
 from .security import RateLimit
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Client:
         self.options = options
         self.peer = peer
         self.stats = stats
-        self.outbox: Outbox | None = None
+        self.outbox = None  # the connection (wsadapter.ClientSocket), once open
         self.lines_in = 0
         self.rate = RateLimit(lines_per_second) if lines_per_second > 0 else None
         self.dropped = False  # closed by the gateway: what it still sent is ignored
@@ -64,7 +64,7 @@ class Client:
 
     # -- lifecycle (called by the ws4py adapter) --------------------------------------
 
-    def opened(self, outbox: Outbox) -> None:
+    def opened(self, outbox) -> None:
         self.outbox = outbox
         o = self.options
         self.link.hub.attach(self, self.id, history=o.history, since=o.since, run=o.run, role=o.role)
@@ -107,17 +107,12 @@ class Client:
         self.error(request_id, error)
 
     def on_message(self, data: bytes, is_binary: bool, alone: bool = False) -> None:
-        """A message from the client; `alone`: the only one its read brought (a lone
-        line may then be written at once, see DeviceLink.write_now)."""
+        """A message from the client (`alone`: the only one its read brought)."""
         if self.dropped:
             return
         if self._plain_text and not is_binary and len(data) <= self.link.config.max_line \
                 and not NOT_PRINTABLE_ASCII.search(data):
-            line = bytes(data) + self.link.config.eol_bytes
-            if alone and self.rate is None and self.link.write_now(line):
-                self.lines_in += 1
-                return
-            self._submit(WriteRequest(line))
+            self._submit(WriteRequest(bytes(data) + self.link.config.eol_bytes))
             return
         if self.fmt == "json" and not is_binary and data.startswith(b'{"type"'):
             if self._on_control(data):
@@ -125,12 +120,16 @@ class Client:
         if self.options.role != "control":
             self.refuse(self._id_of(data, is_binary), f"role {self.options.role} may not send to the device")
             return
-        if self.fmt == "binary" or (is_binary and self.fmt == "text"):
+        if self.fmt == "binary":
             # Raw bytes, no line handling: a device with an allowlist takes none.
             if self.link.allow:
                 self.refuse(None, f"device {self.link.name} takes only lines matching its allowlist")
                 return
             self._submit(WriteRequest(bytes(data)))
+            return
+        if is_binary and self.fmt == "text":
+            # One line, its bytes as they are (not text in any encoding), plus eol.
+            self._binary_line(bytes(data))
             return
         if is_binary:
             self.error(None, "json mode takes text frames holding JSON")
@@ -194,6 +193,19 @@ class Client:
             return
         self._submit(WriteRequest(payload, self, request_id, reply, float(timeout)))
 
+    def _binary_line(self, data: bytes) -> None:
+        cfg = self.link.config
+        if self.link.allow:
+            self.refuse(None, f"device {self.link.name} takes only lines matching its allowlist")
+            return
+        if any(b in data for b in b"\r\n"):
+            self.refuse(None, "a binary frame is one line: it may not hold CR or LF")
+            return
+        if len(data) > cfg.max_line:
+            self.refuse(None, f"line is {len(data)} bytes, over max_line {cfg.max_line}")
+            return
+        self._submit(WriteRequest(data + cfg.eol_bytes))
+
     def _checked(self, line: str) -> bytes:
         """The device bytes for `line`, once the device's allowlist let it through."""
         cfg = self.link.config
@@ -222,7 +234,7 @@ class Client:
                 log.warning("client %s: over %g lines/s for too long, closing with 1008", self, rate.rate)
                 self.dropped = True
                 if self.outbox is not None:
-                    self.outbox.drop(1008, "rate limit exceeded")
+                    self.outbox.close(1008, "rate limit exceeded")
             else:
                 self.refuse(request.id, f"rate limit: at most {rate.rate:g} lines per second")
             return False

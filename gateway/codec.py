@@ -9,6 +9,7 @@ never sends a line end cannot make the gateway buffer without bound.
 from __future__ import annotations
 
 import base64
+import re
 from typing import NamedTuple
 
 EOLS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
@@ -188,14 +189,21 @@ class LineDecoder:
         self._after_cr = False
 
 
-def split_client_text(text: str) -> list[str]:
-    """A text frame holding several lines is written as several lines.
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-    A trailing line break does not add an empty line ("PING\\n" is one line); an empty
-    frame is one empty line.
+
+def split_client_text(text: str) -> list[str]:
+    """A text frame (or an MQTT command) holding several lines is written as several lines.
+
+    Only LF, CRLF and CR end a line (SPEC section 4), not the other breaks
+    `str.splitlines()` knows (VT, FF, FS, GS, RS, NEL, U+2028, U+2029), which a device
+    takes as ordinary characters. A trailing line break does not add an empty line
+    ("PING\\n" is one line); an empty frame is one empty line.
     """
-    lines = text.splitlines()
-    return lines if lines else [""]
+    lines = LINE_BREAK.split(text)
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def check_line(line: str) -> None:

@@ -1,28 +1,32 @@
-"""One device link per device: a reader thread, a writer thread, reconnect with backoff.
+"""One device link per device: lines in and out, on the I/O loop, reconnect with backoff.
 
-The reader ("device-rx:NAME") opens the transport, feeds what it reads through the line
-codec into the hub (for a transport with `flow_control`, TCP, it reads on only once its
-clients' queues have room: Hub.wait_for_room), and when the device is lost flushes the
-partial line (nothing read is lost), closes, and opens again after 0.2 s, doubling to
-5 s. The writer
-("device-tx:NAME") writes client lines to the device: they wait in one bounded queue, in
-arrival order; a request (`reply: true`) holds the queue until the device answered or the
-request timed out.
+Everything a link decides runs on the I/O loop thread (gateway/manager.py): decoding
+what the device sent into lines and publishing them (hub.py), the queue of client lines
+waiting to be written, requests waiting for their reply, flow control, the device's
+state and the reconnect timers. Nothing there blocks.
 
-For a `pollable` transport (TCP) the reader hands the reading itself to the gateway's
-loop thread (gateway/manager.py, the thread that reads the clients) while the device is
-up, and waits: the loop reads, decodes and publishes each reply on the thread that wrote
-the request, with no second thread to wake. The device comes back to the reader when it
-is lost, for flow control, and if the loop ends first (`_read_in_loop`).
+How the bytes move depends on the transport:
 
-One writer at a time: whoever writes to the transport holds `_write_lock` while it takes
-lines from the queue and writes them, so the order stays the queue's. Besides the writer
-thread, that may be ws4py's manager thread: for a transport with `try_write` (TCP), the
-lines of one client read are written straight from there when the lock is free, without
-blocking (`hold_writes` / `release_writes`, or `write_now` for a lone line), which
-saves a thread hand-off per line; what
-the socket does not take at once, a request that waits for a reply, or a busy writer
-leaves the rest to the writer thread.
+- A transport with a descriptor (`pollable`: TCP, tcp-listen, UDP, serial ports and
+  ptys) is read and written by the loop itself: it reads when epoll says the descriptor
+  is readable and writes without blocking, keeping the unsent tail of a write and
+  waiting for EPOLLOUT. No thread of its own. Opening (which may block: a name to
+  resolve, a port to open) runs on a worker (gateway/workers.py); a TCP connect is
+  started there and completed on the loop.
+- A transport without one (`sim://`, `mqtt://`, pyserial's `loop://`, `socket://`,
+  `rfc2217://`) has one thread, "device:NAME" (`DeviceThread`), that opens it, blocks in
+  its `read()` and makes the writes the loop hands it; what it reads is handed to the
+  loop, at most HANDOFF_CHUNKS chunks ahead.
+
+Writes: client lines wait in one bounded queue, in arrival order; the lines queued in
+one loop round go out in one write (`flush`). A request (`reply: true`) holds the queue
+until the device answered (its next line) or the request's timeout passed: a timer on
+the loop, which shutdown cancels, failing the request.
+
+Flow control, for a transport where not reading pauses the device (TCP): after a read,
+if a client of this device has half its queue waiting, the loop stops reading the
+device until that client drained, for ROOM_WAIT at most; a client that did not drain by
+then is marked slow and not waited for again until it has.
 """
 
 from __future__ import annotations
@@ -31,23 +35,38 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from threading import get_ident
+from enum import Enum
 from typing import Callable, Protocol
 
 from .codec import LineDecoder
 from .config import DeviceConfig
 from .hub import Hub, State
+from .manager import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Manager, Timer
 from .security import LineFilter
 from .transports import Transport, TransportError
-from .transports.base import READ_TIMEOUT, NotConnectedYet, WriteTimeout
+from .transports.base import OPEN_TIMEOUT, READ_TIMEOUT, NotConnectedYet, WriteTimeout
+from .workers import Workers
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 WRITE_QUEUE = 10000  # lines waiting for the device, all clients together
-BATCH_BYTES = 4096  # one write: at 9600 baud, 4.3 s, within a serial port's 5 s write timeout
-DIRECT_BYTES = 65536  # one non-blocking write from the manager thread (TCP only)
+BATCH_BYTES = 4096  # one write to a serial port: at 9600 baud, 4.3 s
+NET_BATCH_BYTES = 65536  # one write to a socket
+ROOM_WAIT = 0.5  # seconds the device is not read while a client's queue drains
+HANDOFF_CHUNKS = 16  # chunks a device thread reads ahead of the loop
+
+
+class Phase(Enum):
+    """Where a link is, as seen from the loop."""
+
+    IDLE = "idle"  # not started, or waiting for the next attempt
+    OPENING = "opening"  # open() on a worker or on the device thread
+    CONNECTING = "connecting"  # a TCP connect in progress, waiting for EPOLLOUT
+    LISTENING = "listening"  # tcp-listen: waiting for the device to dial in
+    UP = "up"
+    STOPPED = "stopped"
 
 
 @dataclass(slots=True)
@@ -57,8 +76,6 @@ class WriteRequest:
     id: object = None
     reply: bool = False
     timeout: float = 2.0
-    # The unwritten tail of a direct write carries the requests it completes.
-    then: list["WriteRequest"] | None = None
 
 
 class Writer(Protocol):
@@ -89,61 +106,104 @@ class Counters:
 
 class DeviceLink:
     def __init__(self, config: DeviceConfig, hub: Hub, transport: Transport,
-                 on_state: Callable[["DeviceLink", State], None] | None = None):
+                 on_state: Callable[["DeviceLink", State], None] | None = None,
+                 loop: Manager | None = None, workers: Workers | None = None):
         self.config = config
         self.name = config.name
         self.hub = hub
         self.transport = transport
         self.on_state = on_state
+        self.loop = loop
+        self.workers = workers
         self.counters = Counters()
         self.decoder = LineDecoder(config.encoding, config.max_line)
         self.allow = LineFilter(config.allow)
-        self._stop = threading.Event()
-        # `with self._qlock` (a C lock) where the queue is only touched; the Condition on
-        # the same lock where the writer thread waits or is woken.
-        self._qlock = threading.Lock()
-        self._cond = threading.Condition(self._qlock)
-        self._queue: deque[WriteRequest] = deque()  # guarded by _qlock
-        self._reader = threading.Thread(target=self._read_loop, name=f"device-rx:{self.name}")
-        self._writer = threading.Thread(target=self._write_loop, name=f"device-tx:{self.name}")
-        self._connected = threading.Event()
-        self._write_lock = threading.Lock()  # held by whoever writes to the transport
-        self._holder = 0  # the thread holding its lines back for one direct write (hold_writes)
-        # Set by the gateway before start(): its loop thread (gateway/manager.py) then
-        # reads a `pollable` transport instead of the reader thread (_read_in_loop).
-        self.loop = None
-        self._rx_lock = threading.Lock()
-        self._handback = threading.Event()
-        self._in_loop = False  # the loop thread may read (changed under _rx_lock while it may)
-        self._lost: Exception | None = None
+        self.phase = Phase.IDLE
+        self.dirty = False  # queued for flush() at the end of the loop round
+        self._connected = threading.Event()  # for wait_connected(), any thread
+        self._stopped = False
+        self._queue: deque[WriteRequest] = deque()
+        self._inflight: list[WriteRequest] | None = None  # the batch being written
+        self._tail = b""  # its unwritten bytes (pollable transports)
+        self._awaiting: tuple[WriteRequest, Timer] | None = None  # a request's reply
+        self._pace_timer: Timer | None = None
+        self._timer: Timer | None = None  # the next open attempt, or the connect deadline
+        self._backoff = BACKOFF_FIRST
+        self._last_failure: str | None = None  # logged once per distinct cause
+        self.failed_opens = 0
+        self._fd: int | None = None  # registered with the loop
+        self._listen_fd: int | None = None
+        self._events = 0
+        self.full_clients = 0  # clients of this device with half their queue waiting
+        self._paused = False
+        self._room_timer: Timer | None = None
         self._flow = getattr(transport, "flow_control", False)
-        self._try_write = getattr(transport, "try_write", None)
-        if transport.message_oriented or config.pace_ms:
-            self._try_write = None
+        self._pollable = transport.pollable
+        self._batch = NET_BATCH_BYTES if getattr(transport, "flow_control", False) else BATCH_BYTES
+        self._single = transport.message_oriented or bool(config.pace_ms)
+        self._thread = None if self._pollable else DeviceThread(self)
 
     @property
     def state(self) -> State:
         return self.hub.state
 
-    def start(self) -> None:
-        self._reader.start()
-        self._writer.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self.transport.cancel()
-        with self._cond:
-            self._cond.notify_all()
-        for thread in (self._writer, self._reader):
-            if thread.ident is not None:
-                thread.join(timeout)
-                if thread.is_alive():
-                    log.warning("device %s: thread %s did not stop within %.1f s", self.name, thread.name, timeout)
-
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    # -- state ------------------------------------------------------------------------
+    # -- start and stop (any thread) --------------------------------------------------
+
+    def start(self) -> None:
+        assert self.loop is not None, "a DeviceLink runs on a loop: set link.loop first"
+        if self.workers is None:
+            self.workers = Workers(f"device-open:{self.name}", 1)
+            self._own_workers = True
+        self.loop.on_stop(self._stop_in_loop)
+        if self._thread is not None:
+            self._thread.start()
+        else:
+            self.loop.call(self._open)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and close the device: on the loop if it still runs, then here; joins
+        this link's thread, if it has one."""
+        self._stopped = True
+        done = threading.Event()
+        if self.loop is not None and self.loop.call(lambda: (self._stop_in_loop(), done.set())):
+            done.wait(timeout)
+        if self._thread is not None:
+            self._thread.stop(timeout)
+        if getattr(self, "_own_workers", False):
+            self.workers.stop(timeout)
+        self._release()
+
+    def _stop_in_loop(self) -> None:
+        self._stopped = True
+        if self.phase is Phase.STOPPED:
+            return
+        self.phase = Phase.STOPPED
+        for timer in (self._timer, self._pace_timer, self._room_timer):
+            if timer is not None:
+                timer.cancel()
+        self._unwatch()
+        if self._listen_fd is not None:
+            self.loop.unregister(self._listen_fd)
+            self._listen_fd = None
+        self._fail_all("gateway is shutting down")
+        if self._pollable:
+            self._flush_partial()
+            self._release()
+        self._set_state(State.DISCONNECTED)
+
+    def _release(self) -> None:
+        if self._pollable:
+            try:
+                self.transport.release()
+            except Exception:
+                log.exception("device %s: closing failed", self.name)
+        if self.hub.state is not State.DISCONNECTED and (self.loop is None or not self.loop.is_alive()):
+            self._set_state(State.DISCONNECTED)
+
+    # -- state --------------------------------------------------------------------------
 
     def _set_state(self, state: State) -> None:
         if state is self.hub.state:
@@ -159,121 +219,193 @@ class DeviceLink:
             except Exception:  # a sink's bug must not stop the device
                 log.exception("device %s: state callback failed", self.name)
 
-    # -- reading ----------------------------------------------------------------------
+    def _failed_to_open(self, exc: BaseException) -> None:
+        """Log a failure to open once per distinct cause, so that a device that cannot
+        come back says why, without a line per attempt."""
+        self.failed_opens += 1
+        text = str(exc) or type(exc).__name__
+        if text != self._last_failure:
+            self._last_failure = text
+            if isinstance(exc, TransportError):
+                log.warning("device %s: cannot open %s: %s (retrying with backoff)", self.name, self.transport.describe(), text)
+            else:
+                log.error("device %s: opening %s failed: %r (retrying with backoff)", self.name, self.transport.describe(), exc)
+        self._set_state(State.RECONNECTING)
 
-    def _read_loop(self) -> None:
-        backoff = BACKOFF_FIRST
+    def _up(self) -> None:
+        """The device is there (loop): read it, write to it."""
+        if self._last_failure is not None or self.counters.reconnects:
+            log.info("device %s: connected to %s", self.name, self.transport.describe())
+        self._last_failure = None
+        self._backoff = BACKOFF_FIRST
+        self.phase = Phase.UP
+        self.decoder.reset()
+        self._set_state(State.CONNECTED)
+        if self._pollable:
+            self._watch(self.transport.fileno())
+        if self._queue:
+            self.loop.mark_dirty(self)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        """The device went away (loop): keep its partial line, fail what waits, and
+        try again after BACKOFF_FIRST (tcp-listen: wait for the next dial-in)."""
+        if self.phase is Phase.STOPPED:
+            return
+        if exc is not None:
+            if isinstance(exc, TransportError):
+                log.warning("device %s: lost: %s", self.name, exc)
+            else:
+                log.error("device %s: reading failed: %r; reconnecting", self.name, exc)
+        self._flush_partial()
+        self._fail_all(f"device {self.name} lost: {exc}" if exc else f"device {self.name} lost")
+        self.counters.reconnects += 1
+        self._set_state(State.RECONNECTING)
+        if not self._pollable:
+            self.phase = Phase.OPENING  # the device thread opens it again
+            return
+        self._unwatch()
+        self.transport.close()
+        if self._listen_fd is not None:
+            self.phase = Phase.LISTENING
+        else:
+            self.phase = Phase.IDLE
+            self._timer = self.loop.call_later(BACKOFF_FIRST, self._open)
+
+    def _flush_partial(self) -> None:
+        tail = self.decoder.flush()  # a device that vanished mid-line: keep the part
+        if tail:
+            self._publish(b"", tail)
+
+    # -- opening a pollable transport (loop) -------------------------------------------
+
+    def _open(self) -> None:
+        if self._stopped:
+            return
+        self.phase = Phase.OPENING
+        self.workers.submit(self.transport.open_nowait, lambda _, error: self.loop.call(self._opened, error))
+
+    def _opened(self, error: BaseException | None) -> None:
         transport = self.transport
-        failed_before = False
-        while not self._stop.is_set():
-            try:
-                transport.open()
-            except NotConnectedYet:
+        if self.phase is Phase.STOPPED:
+            transport.release()
+            return
+        if error is None and getattr(transport, "connecting", False):
+            self.phase = Phase.CONNECTING
+            self._watch(transport.fileno(), EPOLLOUT)
+            self._timer = self.loop.call_later(OPEN_TIMEOUT, self._connect_timeout)
+            return
+        if error is None:
+            listen_fd = getattr(transport, "listen_fileno", lambda: None)()
+            if listen_fd is not None:
+                self._listen_fd = listen_fd
+                self.loop.register(listen_fd, _Listener(self), EPOLLIN)
+                self.phase = Phase.LISTENING
                 self._set_state(State.RECONNECTING)
-                continue
-            except Exception as exc:  # TransportError, or a bug: retry either way
-                if not failed_before:
-                    if isinstance(exc, TransportError):
-                        log.warning("device %s: cannot open %s: %s (retrying with backoff)", self.name, transport.describe(), exc)
-                    else:
-                        log.exception("device %s: opening %s failed (retrying with backoff)", self.name, transport.describe())
-                    failed_before = True
-                self._set_state(State.RECONNECTING)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            if failed_before or self.counters.reconnects:
-                log.info("device %s: connected to %s", self.name, transport.describe())
-            failed_before = False
-            backoff = BACKOFF_FIRST
-            self.decoder.reset()
-            self._set_state(State.CONNECTED)
-            try:
-                if not (self.loop is not None and transport.pollable and self._read_in_loop()):
-                    self._read_here()
-            except TransportError as exc:
-                if not self._stop.is_set():
-                    log.warning("device %s: lost: %s", self.name, exc)
-            except Exception:
-                log.exception("device %s: reader failed; reconnecting", self.name)
-            finally:
-                tail = self.decoder.flush()  # a device that vanished mid-line: keep the part
-                if tail:
-                    self._publish(b"", tail)
-                transport.close()
-            if not self._stop.is_set():
-                self.counters.reconnects += 1
-                self._set_state(State.RECONNECTING)
-                self._stop.wait(BACKOFF_FIRST)
-        transport.release()
-        self._set_state(State.DISCONNECTED)
+                return
+            self._up()
+            return
+        self._failed_to_open(error)
+        self._retry()
 
-    def _read_here(self) -> None:
-        transport = self.transport
-        flow = getattr(transport, "flow_control", False)
-        while not self._stop.is_set():
-            data = transport.read()
-            if data:
-                self._deliver(data)
-                if flow:
-                    self.hub.wait_for_room(self._stop)  # the device waits meanwhile
+    def _retry(self) -> None:
+        self.phase = Phase.IDLE
+        self._timer = self.loop.call_later(self._backoff, self._open)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
-    def _read_in_loop(self) -> bool:
-        """Let the loop thread read the device (gateway/manager.py) while this thread
-        waits: until the device is lost (TransportError), the link stops (True) or the
-        loop does (False: read here instead). The loop hands the device back for flow
-        control too: this thread waits for room, then hands it over again.
+    def _connect_timeout(self) -> None:
+        if self.phase is Phase.CONNECTING:
+            self._unwatch()
+            self.transport.close()
+            self._failed_to_open(TransportError(f"cannot connect to {self.transport.describe()}: timed out"))
+            self._retry()
 
-        The socket has one reader at a time: the loop thread between `watch()` and the
-        hand-back, this thread outside; `_rx_lock` makes the hand-back wait for a read
-        in progress. The decoder and the counters follow the same hand-overs."""
-        loop, fd = self.loop, self.transport.fileno()
-        handback = self._handback
-        while not self._stop.is_set():
-            handback.clear()
-            self._lost = None
-            self._in_loop = True
-            if not loop.watch(fd, self._on_readable):
-                self._in_loop = False
-                return False
-            while not handback.wait(READ_TIMEOUT):
-                if self._stop.is_set() or not loop.running:
-                    break
-            loop.unwatch(fd)
-            with self._rx_lock:
-                self._in_loop = False
-            if self._lost is not None:
-                raise self._lost
-            if not handback.is_set():  # stopping, or the loop ended
-                return self._stop.is_set()
-            self.hub.wait_for_room(self._stop)  # the device waits meanwhile
-        return True
+    def _connect_done(self) -> None:
+        self._timer.cancel()
+        self._unwatch()
+        try:
+            self.transport.finish_open()
+        except TransportError as exc:
+            self.transport.close()
+            self._failed_to_open(exc)
+            self._retry()
+            return
+        self._up()
 
-    def _on_readable(self) -> bool:
-        """On the loop thread: read what the device sent and publish it. False hands the
-        device back to the reader thread (lost, or some client's queue is full)."""
-        with self._rx_lock:
-            if not self._in_loop:
-                return False
+    def _accept(self) -> None:
+        """tcp-listen: the device dialled in (again). A new connection replaces the old
+        one and starts a new line: the old partial line is delivered on its own."""
+        try:
+            replaced = self.transport.accept()
+        except TransportError as exc:
+            log.info("device %s: %s", self.name, exc)
+            return
+        if self.phase is Phase.UP:
+            self._unwatch()
+            self._flush_partial()
+            if replaced:
+                log.info("device %s: dialled in again; the new connection replaces the old", self.name)
+        self._up()
+
+    # -- descriptors (loop) ---------------------------------------------------------------
+
+    def _watch(self, fd: int, events: int = EPOLLIN) -> None:
+        if self._fd is not None and self._fd != fd:
+            self.loop.unregister(self._fd)
+        self._fd = fd
+        self._events = events
+        self.loop.register(fd, self, self._mask())
+
+    def _mask(self) -> int:
+        if self.phase is Phase.CONNECTING:
+            return EPOLLOUT
+        return (0 if self._paused else EPOLLIN) | (EPOLLOUT if self._tail else 0)
+
+    def _update_events(self) -> None:
+        if self._fd is not None:
+            mask = self._mask()
+            if mask != self._events:
+                self._events = mask
+                self.loop.modify(self._fd, mask)
+
+    def _unwatch(self) -> None:
+        if self._fd is not None:
+            self.loop.unregister(self._fd)
+            self._fd = None
+        self._events = 0
+
+    def on_io(self, events: int) -> None:
+        if self.phase is Phase.CONNECTING:
+            self._connect_done()
+            return
+        if self.phase is not Phase.UP:
+            return
+        if events & EPOLLOUT and self._tail:
+            self._write_tail()
+        if events & ~EPOLLOUT and self.phase is Phase.UP and (not self._paused or events & (EPOLLHUP | EPOLLERR)):
             try:
                 data = self.transport.read_nowait()
-                if not data:
-                    return True
+            except TransportError as exc:
+                self._lost(exc)
+                return
+            if data:
                 self._deliver(data)
-                if not self._flow or not self.hub.full_outboxes():
-                    return True
-            except Exception as exc:  # the reader thread raises it: reconnect, as in _read_here
-                self._lost = exc
-            self._in_loop = False
-            self._handback.set()
-            return False
+
+    # -- lines in (loop) -------------------------------------------------------------------
 
     def _deliver(self, data: bytes) -> None:
         self.counters.bytes_in += len(data)
         lines = self.decoder.feed(data)
         if self.transport.message_oriented:
             lines += self.decoder.flush()
-        self._publish(data, lines)
+        try:
+            self._publish(data, lines)
+        except Exception as exc:  # a sink's bug: costs a reconnect, not the device
+            log.exception("device %s: publishing failed", self.name)
+            if self._pollable:
+                self._lost(exc)
+            return
+        if self._flow and self.full_clients and not self._paused:
+            self._pause()
 
     def _publish(self, chunk: bytes, lines) -> None:
         c = self.counters
@@ -282,168 +414,306 @@ class DeviceLink:
         c.invalid_lines = self.decoder.invalid_lines
         self.hub.publish(chunk, lines, self.decoder.pending)
 
-    # -- writing ----------------------------------------------------------------------
+    # -- flow control (loop) ---------------------------------------------------------------
+
+    def _pause(self) -> None:
+        if not self.hub.full_outboxes():
+            return
+        self._paused = True
+        self._update_events()
+        self._room_timer = self.loop.call_later(ROOM_WAIT, self._room_timeout)
+
+    def room(self) -> None:
+        """A client of this device drained below half its queue (or left)."""
+        if self._paused and not self.hub.full_outboxes():
+            self._resume()
+
+    def _room_timeout(self) -> None:
+        for ob in self.hub.full_outboxes():
+            ob.slow = True
+            log.info("client %s: queue did not drain within %.1f s; not waiting for it", ob.label, ROOM_WAIT)
+        self._resume()
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._room_timer is not None:
+            self._room_timer.cancel()
+            self._room_timer = None
+        self._update_events()
+
+    # -- lines out (loop) -------------------------------------------------------------------
 
     def submit(self, request: WriteRequest) -> str | None:
-        """Queue a write; an error message instead when it cannot be queued."""
+        """Queue a write; an error message instead when it cannot be queued. From another
+        thread (the MQTT sink's commands) it is handed to the loop; queue errors are then
+        counted and logged there."""
         if self.hub.state is not State.CONNECTED:
             self.counters.errors += 1
             return f"device {self.name} is {self.hub.state.value}"
-        with self._qlock:
-            if len(self._queue) >= WRITE_QUEUE:
-                self.counters.write_queue_full += 1
-                self.counters.errors += 1
-                return f"device {self.name} write queue is full ({WRITE_QUEUE} lines)"
-            self._queue.append(request)
-            if self._holder != get_ident():  # a holder writes at release_writes()
-                self._cond.notify()
+        if not self.loop.in_loop():
+            self.loop.call(self._submit_later, request)
+            return None
+        if len(self._queue) >= WRITE_QUEUE:
+            self.counters.write_queue_full += 1
+            self.counters.errors += 1
+            return f"device {self.name} write queue is full ({WRITE_QUEUE} lines)"
+        self._queue.append(request)
+        if not self.dirty:
+            self.loop.mark_dirty(self)
         return None
 
-    def write_now(self, data: bytes) -> bool:
-        """Write one line from this thread at once, when that keeps the order: nothing
-        queued, no one else writing, a transport with `try_write` (TCP). No request, no
-        queue, no hand-off: the ping-pong path. False: submit() it instead."""
-        if self._try_write is None or self._queue or not self._write_lock.acquire(blocking=False):
-            return False
-        try:
-            if self._queue or self.hub.state is not State.CONNECTED:
-                return False
-            try:
-                sent = self._try_write(data)
-            except TransportError:
-                return False  # submit() then meets the same error and reports it
-            c = self.counters
-            c.bytes_out += sent
-            if sent < len(data):
-                # The socket is full: the writer thread writes the rest, first; the line
-                # counts as written then.
-                with self._qlock:
-                    self._queue.appendleft(WriteRequest(data[sent:], then=[WriteRequest(b"")]))
-                    self._cond.notify()
+    def _submit_later(self, request: WriteRequest) -> None:
+        error = self.submit(request)
+        if error is not None:
+            if request.client is not None:
+                request.client.failed(request, error)
             else:
-                c.lines_out += 1
-        finally:
-            self._write_lock.release()
-        return True
+                log.info("device %s: not written: %s", self.name, error)
 
-    def hold_writes(self) -> None:
-        """The calling thread is about to submit several lines: write them together at
-        `release_writes()`. Only one thread (ws4py's manager) holds at a time."""
-        if self._try_write is not None:
-            self._holder = get_ident()
-
-    def release_writes(self) -> None:
-        if not self._holder:
-            return
-        self._holder = 0
-        if self._queue:
-            self._write_direct()
-
-    def _write_direct(self) -> None:
-        """Write queued lines from this thread without blocking, if no one else writes."""
-        if not self._write_lock.acquire(blocking=False):
-            with self._cond:
-                self._cond.notify()  # the writer thread is at work: it takes them next
-            return
-        try:
-            with self._qlock:
-                if not self._queue or self._queue[0].reply or self.hub.state is not State.CONNECTED:
-                    self._cond.notify()  # a request waits for its reply: the writer's job
-                    return
-                batch = self._take(DIRECT_BYTES)
-            data = batch[0].data if len(batch) == 1 else b"".join(r.data for r in batch)
+    def flush(self) -> None:
+        """Write what is queued (end of a loop round): everything up to the next
+        request, in as few writes as the transport allows."""
+        queue = self._queue
+        while queue and self.phase is Phase.UP and self._inflight is None \
+                and self._awaiting is None and self._pace_timer is None:
+            batch = self._take()
+            request = batch[0]
+            if request.reply and request.client is not None:
+                timer = self.loop.call_later(request.timeout, self._reply_timeout, request)
+                self._awaiting = (request, timer)
+                self.hub.expect_reply(request.client, request.id, self._replied)
+            data = request.data if len(batch) == 1 else b"".join(r.data for r in batch)
+            self._inflight = batch
+            if not self._pollable:
+                self._thread.hand(data)
+                return
             try:
-                sent = self._try_write(data)
+                sent = self.transport.try_write(data)
             except TransportError as exc:
-                self._fail(batch, f"device {self.name} lost: {exc}")
+                self._lost(exc)
                 return
+            self.counters.bytes_out += sent
             if sent < len(data):
-                # The socket is full: the writer thread writes the rest, first, then acks.
-                rest = WriteRequest(data[sent:], then=batch)
-                with self._qlock:
-                    self._queue.appendleft(rest)
-                    self._cond.notify()
-                self.counters.bytes_out += sent
+                self._tail = data[sent:]
+                self._update_events()
                 return
-            self.counters.bytes_out += len(data)
-        finally:
-            self._write_lock.release()
-        self._written(batch)
+            self._write_done(None)
 
-    def _written(self, batch: list[WriteRequest]) -> None:
-        for req in batch:
-            if req.then is not None:
-                self._written(req.then)
-                continue
-            self.counters.lines_out += 1
-            if req.client is not None:
-                req.client.acked(req)
+    def _write_tail(self) -> None:
+        try:
+            sent = self.transport.try_write(self._tail)
+        except TransportError as exc:
+            self._lost(exc)
+            return
+        self.counters.bytes_out += sent
+        self._tail = self._tail[sent:]
+        if self._tail:
+            return
+        self._update_events()
+        self._write_done(None)
 
-    def _take(self, limit: int) -> list[WriteRequest]:
-        """Requests to write in one go (under _qlock): one request with a reply, or plain lines."""
-        first = self._queue.popleft()
+    def _write_done(self, error: BaseException | None) -> None:
+        """The inflight batch is written (or failed to be), on the loop."""
+        batch, self._inflight = self._inflight, None
+        if batch is None:
+            return
+        if error is not None:
+            self._fail(batch, str(error) if isinstance(error, WriteTimeout) else f"device {self.name} lost: {error}")
+            self._cancel_reply()
+        else:
+            if not self._pollable:
+                self.counters.bytes_out += sum(len(r.data) for r in batch)
+            for req in batch:
+                self.counters.lines_out += 1
+                if req.client is not None:
+                    req.client.acked(req)
+        pace = self.config.pace_ms
+        if pace and self.phase is Phase.UP:
+            self._pace_timer = self.loop.call_later(pace / 1000.0, self._paced)
+        if self._queue:
+            self.loop.mark_dirty(self)
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        if self._queue:
+            self.loop.mark_dirty(self)
+
+    def _take(self) -> list[WriteRequest]:
+        """Requests to write in one go: one request with a reply, or plain lines."""
+        queue = self._queue
+        first = queue.popleft()
         batch = [first]
-        if first.reply or self.transport.message_oriented or self.config.pace_ms:
+        if first.reply or self._single:
             return batch
-        size = len(first.data)
-        while self._queue and size < limit and not self._queue[0].reply:
-            req = self._queue.popleft()
+        size, limit = len(first.data), self._batch
+        while queue and size < limit and not queue[0].reply:
+            req = queue.popleft()
             size += len(req.data)
             batch.append(req)
         return batch
 
-    def _write_loop(self) -> None:
-        pace = self.config.pace_ms / 1000.0
-        while not self._stop.is_set():
-            with self._cond:
-                while not self._queue and not self._stop.is_set():
-                    self._cond.wait(0.5)
-            if self._stop.is_set():
-                break
-            with self._write_lock:
-                with self._qlock:
-                    if not self._queue:
-                        continue  # a direct write took them
-                    batch = self._take(BATCH_BYTES)
-                self._write_batch(batch)
-                if pace:
-                    self._stop.wait(pace)
-        with self._cond:
-            left, self._queue = list(self._queue), deque()
-        self._fail(left, "gateway is shutting down")
+    # -- requests (loop) -----------------------------------------------------------------------
 
-    def _write_batch(self, batch: list[WriteRequest]) -> None:
-        if self.hub.state is not State.CONNECTED:
-            self._fail(batch, f"device {self.name} is {self.hub.state.value}")
+    def _replied(self) -> None:
+        """The hub routed the device's line to the asker (or the asker left)."""
+        if self._awaiting is not None:
+            self._awaiting[1].cancel()
+            self._awaiting = None
+            if self._queue:
+                self.loop.mark_dirty(self)
+
+    def _reply_timeout(self, request: WriteRequest) -> None:
+        if self._awaiting is None or self._awaiting[0] is not request:
             return
-        request = batch[0]
-        event = None
-        if request.reply and request.client is not None:
-            event = self.hub.expect_reply(request.client, request.id)
-        data = request.data if len(batch) == 1 else b"".join(r.data for r in batch)
-        try:
-            self.transport.write(data)
-        except WriteTimeout as exc:
-            self._fail(batch, str(exc))
-            if event is not None:
-                self.hub.cancel_reply(event)
-            return
-        except TransportError as exc:
-            self._fail(batch, f"device {self.name} lost: {exc}")
-            if event is not None:
-                self.hub.cancel_reply(event)
-            return
-        self.counters.bytes_out += len(data)
-        self._written(batch)
-        if event is not None and not event.wait(request.timeout) and self.hub.cancel_reply(event):
+        self._awaiting = None
+        if self.hub.cancel_reply():
             self.counters.errors += 1
             request.client.failed(request, f"no reply within {request.timeout:g} s")
+        if self._queue:
+            self.loop.mark_dirty(self)
+
+    def _cancel_reply(self) -> None:
+        if self._awaiting is not None:
+            request, timer = self._awaiting
+            self._awaiting = None
+            timer.cancel()
+            self.hub.cancel_reply()
+
+    def _fail_all(self, error: str) -> None:
+        if self._inflight is not None:
+            batch, self._inflight, self._tail = self._inflight, None, b""
+            self._fail(batch, error)
+        if self._awaiting is not None:
+            request = self._awaiting[0]
+            self._cancel_reply()
+            if request.client is not None:
+                self.counters.errors += 1
+                request.client.failed(request, error)
+        left, self._queue = list(self._queue), deque()
+        self._fail(left, error)
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
 
     def _fail(self, batch: list[WriteRequest], error: str) -> None:
         for req in batch:
-            if req.then is not None:
-                self._fail(req.then, error)
-                continue
             self.counters.errors += 1
             if req.client is not None:
                 req.client.failed(req, error)
+
+
+class _Listener:
+    """tcp-listen's listening socket, on the loop."""
+
+    __slots__ = ("link",)
+
+    def __init__(self, link: DeviceLink):
+        self.link = link
+
+    def on_io(self, events: int) -> None:
+        if self.link.phase is not Phase.STOPPED:
+            self.link._accept()
+
+
+class DeviceThread:
+    """The one thread of a device whose transport has no descriptor ("device:NAME"):
+    it opens the transport (with backoff), blocks in `read()`, hands what it read to
+    the loop, and makes the writes the loop hands it (`hand`), waking from `read()` for
+    them. `sim://` and `mqtt://` wait in `read()` until there is something to do, so an
+    idle device wakes this thread only for its own timers."""
+
+    def __init__(self, link: DeviceLink):
+        self.link = link
+        self.transport = link.transport
+        self.thread = threading.Thread(target=self._run, name=f"device:{link.name}")
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._write: bytes | None = None  # guarded by _cond
+        self._ahead = 0  # chunks handed to the loop, not delivered yet (guarded by _cond)
+        self._wait = None if getattr(self.transport, "wakes_up", False) else READ_TIMEOUT
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self.transport.cancel()
+        if self.thread.ident is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                log.warning("device %s: thread %s did not stop within %.1f s", self.link.name, self.thread.name, timeout)
+
+    def hand(self, data: bytes) -> None:
+        """Loop: write `data` next (one write at a time: the loop waits for _write_done)."""
+        with self._cond:
+            self._write = data
+        self.transport.wakeup()
+
+    def _run(self) -> None:
+        link, loop, transport, stop = self.link, self.link.loop, self.transport, self._stop
+        backoff = BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                transport.open()
+            except NotConnectedYet:
+                loop.call(link._set_state, State.RECONNECTING)
+                continue
+            except Exception as exc:  # TransportError, or a bug: retry either way
+                loop.call(link._failed_to_open, exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_FIRST
+            loop.call(link._up)
+            lost: BaseException | None = None
+            try:
+                self._serve()
+            except TransportError as exc:
+                lost = exc
+            except Exception as exc:
+                log.exception("device %s: reader failed; reconnecting", link.name)
+                lost = exc
+            with self._cond:
+                self._write = None  # the loop fails it with the others (_lost)
+            transport.close()
+            if stop.is_set():
+                break
+            loop.call(link._lost, lost)
+            stop.wait(BACKOFF_FIRST)
+        transport.release()
+
+    def _serve(self) -> None:
+        transport, loop, link, stop = self.transport, self.link.loop, self.link, self._stop
+        while not stop.is_set():
+            with self._cond:
+                write, self._write = self._write, None
+            if write is not None:
+                try:
+                    transport.write(write)
+                except WriteTimeout as exc:
+                    loop.call(link._write_done, exc)
+                else:
+                    loop.call(link._write_done, None)
+            data = transport.read(self._wait)
+            if data:
+                with self._cond:
+                    while self._ahead >= HANDOFF_CHUNKS and not stop.is_set():
+                        self._cond.wait()
+                    self._ahead += 1
+                loop.call(self._deliver, data)
+
+    def _deliver(self, data: bytes) -> None:
+        """Loop: one chunk the thread read."""
+        try:
+            if self.link.phase is Phase.UP:
+                self.link._deliver(data)
+        finally:
+            with self._cond:
+                self._ahead -= 1
+                self._cond.notify()

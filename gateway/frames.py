@@ -38,3 +38,7 @@ def close(code: int | None = None, reason: str = "") -> bytes:
 
 def ping(payload: bytes = b"") -> bytes:
     return frame(PING, payload)
+
+
+def pong(payload: bytes = b"") -> bytes:
+    return frame(PONG, payload)

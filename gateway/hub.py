@@ -1,11 +1,11 @@
 """Fan-out for one device: its clients, its numbered line history, its state.
 
-The thread that reads the device (its reader, or the gateway's loop thread for a TCP
-device: see device.py) calls `publish()`; it numbers the lines, keeps the last
-`history` of them, and queues each line's frame (built once per format, shared by every
-client) in each client's outbox. Queuing never blocks. A client attaches under the same
-lock, so the lines it is replayed and the live lines that follow neither overlap nor
-leave a gap.
+Everything here runs on the I/O loop thread (gateway/manager.py): `publish()` numbers
+a device's lines, keeps the last `history` of them, and queues each line's frame (built
+once per format, shared by every client) for each client; `attach()` replays what a new
+client asked for before it joins the live fan-out, so the lines it is replayed and the
+live lines that follow neither overlap nor leave a gap. Queuing never blocks. The lock
+only keeps readers on other threads (/metrics, /api/devices) consistent.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import threading
 import time
 from collections import deque
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from . import frames, telemetry
 from .codec import Line
 
 if TYPE_CHECKING:
-    from .outbound import Outbox, Sender
+    from .wsadapter import ClientSocket
 
 FORMATS = ("text", "json", "binary")
 
@@ -48,7 +48,7 @@ class State(Enum):
 
 class Subscriber(Protocol):
     fmt: str
-    outbox: "Outbox | None"  # its queue, for flow control (wait_for_room)
+    outbox: "ClientSocket | None"  # its connection, for flow control (full, slow)
 
     def deliver(self, items: list[bytes]) -> None: ...
 
@@ -56,7 +56,7 @@ class Subscriber(Protocol):
 class Listener(Protocol):
     """A telemetry sink, metrics or a recording, fed by every hub it is added to.
 
-    Both methods run on the thread that reads the device, `on_records` under the hub lock:
+    Both methods run on the I/O loop thread, `on_records` under the hub lock:
     they may only queue (each sink has its own queue and thread), never block.
     """
 
@@ -126,9 +126,8 @@ class Hub:
         self.state = State.DISCONNECTED
         self.partial = b""  # bytes of the line the device is in the middle of
         self._subs: dict[str, list[Subscriber]] = {fmt: [] for fmt in FORMATS}
-        self._reply_to: tuple[Subscriber, object, threading.Event] | None = None
+        self._reply_to: tuple[Subscriber, object, Callable[[], None]] | None = None
         self.listeners: list[Listener] = []  # set before the device starts
-        self._sender: Sender | None = None  # the clients' Sender, known from the first one
 
     # -- clients --------------------------------------------------------------------
 
@@ -158,9 +157,6 @@ class Hub:
             if items:
                 sub.deliver(items)
             self._subs[sub.fmt].append(sub)
-            outbox = getattr(sub, "outbox", None)
-            if outbox is not None:
-                self._sender = outbox.sender
 
     def _replay(self, history, since, run) -> tuple[list[Record], dict | None]:
         held = self.history
@@ -189,41 +185,29 @@ class Hub:
             except ValueError:
                 pass
             if self._reply_to is not None and self._reply_to[0] is sub:
-                self._reply_to[2].set()
+                done = self._reply_to[2]
                 self._reply_to = None
+                done()
 
-    def full_outboxes(self) -> list["Outbox"]:
-        """This device's clients whose queues are over half full and not known as slow
-        (see outbound.py). Costs one set test when no queue anywhere is that full."""
-        sender = self._sender
-        if sender is None or not sender.any_full:
-            return []
+    def full_outboxes(self) -> list["ClientSocket"]:
+        """This device's clients with half their queue waiting, not known as slow."""
         with self.lock:
             return [ob for subs in self._subs.values() for sub in subs
                     if (ob := getattr(sub, "outbox", None)) is not None and ob.full and not ob.slow]
 
-    def wait_for_room(self, stop: threading.Event) -> bool:
-        """Flow control, for a device that can be paused (TCP): before the reader reads
-        on, wait for the full queues of this device's clients to drain. True if it waited."""
-        full = self.full_outboxes()
-        return bool(full) and self._sender.wait_for_room(full, stop)
-
     # -- requests -------------------------------------------------------------------
 
-    def expect_reply(self, sub: Subscriber, request_id: object) -> threading.Event:
-        """Route the device's next line to `sub` as a reply; the event fires when it came."""
-        event = threading.Event()
+    def expect_reply(self, sub: Subscriber, request_id: object, done: Callable[[], None]) -> None:
+        """Route the device's next line to `sub` as a reply; then call `done()` (also
+        when `sub` leaves first)."""
         with self.lock:
-            self._reply_to = (sub, request_id, event)
-        return event
+            self._reply_to = (sub, request_id, done)
 
-    def cancel_reply(self, event: threading.Event) -> bool:
+    def cancel_reply(self) -> bool:
         """Give up waiting; True if the reply had not come."""
         with self.lock:
-            if self._reply_to is not None and self._reply_to[2] is event:
-                self._reply_to = None
-                return True
-        return False
+            waiting, self._reply_to = self._reply_to is not None, None
+        return waiting
 
     # -- the thread that reads the device ----------------------------------------------
 
@@ -237,11 +221,11 @@ class Hub:
             self.seq = seq + len(records)
             self.history.extend(records)
             if records and self._reply_to is not None:
-                sub, request_id, event = self._reply_to
+                sub, request_id, done = self._reply_to
                 self._reply_to = None
                 first = records[0].line
                 sub.deliver([_json_frame({"type": "reply", "id": request_id, "line": first.text})])
-                event.set()
+                done()
             for fmt, subs in self._subs.items():
                 if not subs:
                     continue

@@ -1,7 +1,7 @@
 """GET /metrics: the Prometheus text exposition, through prometheus_client.
 
 One collector reads the live values at scrape time (device links' counters, the hubs,
-the sender, gateway stats, the sinks): no second bookkeeping. What an operator alerts on:
+the I/O loop, gateway stats, the sinks): no second bookkeeping. What an operator alerts on:
 
     gateway_telemetry{device,key}                     last value of each numeric telemetry key
     gateway_device_connected{device}                  1 while the device is connected
@@ -12,7 +12,7 @@ the sender, gateway stats, the sinks): no second bookkeeping. What an operator a
     gateway_device_last_line_timestamp_seconds{device}
     gateway_clients_connected                         WebSocket clients, all devices
     gateway_frames_sent_total, gateway_client_queue_overflows_total,
-    gateway_client_keepalive_drops_total              the sender's counters
+    gateway_client_keepalive_drops_total              the I/O loop's counters
     gateway_<stat>_total                              each GatewayStats field
     gateway_mqtt_*{device}, gateway_recording_*{device}   the sinks, when configured
     process_*, python_info                            prometheus_client's own collectors
@@ -150,7 +150,8 @@ class GatewayCollector:
         clients = _gauge("gateway_clients_connected", "WebSocket clients connected, all devices")
         clients.add_metric([], gw.client_count())
         yield clients
-        sender = getattr(gw, "sender", None)
+        manager = getattr(gw, "manager", None)
+        sender = getattr(manager, "stats", None)
         if sender is not None:
             for attr, name, doc in (
                 ("frames_sent", "gateway_frames_sent", "WebSocket frames written to clients"),

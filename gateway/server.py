@@ -3,8 +3,8 @@
 The stock ws4py `WSGIServer` serves one request at a time (one idle connection blocks
 every handshake); here `ThreadingMixIn` gives each request a named thread, which ends
 once the request is answered or the handshake is done: a WebSocket then belongs to
-ws4py's manager thread (reads) and our Sender thread (writes), not to a thread of its
-own. A handler timeout bounds how long a slow client may take over its request, and
+the I/O loop (ws4py's manager thread, gateway/manager.py), which reads, writes and
+closes it, not to a thread of its own. A handler timeout bounds how long a slow client may take over its request, and
 `max_pending` how many requests may be unfinished at once: beyond it the oldest is
 dropped (its socket shut down, so its thread ends), so a flood of connections that never
 finish their request holds a bounded number of threads.

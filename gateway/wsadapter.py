@@ -1,47 +1,68 @@
-"""The ws4py WebSocket subclass: adaptation only, between ws4py and `Client`.
+"""The ws4py WebSocket subclass: one client connection, owned by the I/O loop.
 
-What it changes in ws4py 0.6.0 (see shared/WS4PY_NOTES.md):
-- writes: `_write()` queues in the client's outbox; the Sender thread writes. ws4py's own
-  `sendall` from the manager thread would let one stalled client freeze all of them.
-- reads: one large `recv`, then each whole frame is parsed here when it is the common
-  kind (one masked, unfragmented text or binary frame within `max_message`, valid UTF-8
-  for text): about 3 us a frame instead of ws4py's ~30 us generator chain. Every other
-  frame (control, fragmented, malformed, oversized) goes to ws4py's own parser, fed
-  exactly the number of bytes it asks for next (a bigger `reading_buffer_size` alone
-  loses frames: the parser drops bytes past the current frame), so its checks and close
-  codes are ws4py's. A frame is given whole to one parser or the other, never split.
-- lines a client sends in one `recv` reach a TCP device in one write from this thread
-  (see DeviceLink.hold_writes), not one hand-off to the device's writer thread each.
-- a message larger than `max_message` is refused with 1009 as soon as its header says so.
-- a close frame without a code is answered without a code, not with the reserved 1005;
-  codes 1012-1014 are accepted.
-- closing the socket is the Sender's job, after the close frame is out.
-- a connection reset is one INFO line, not an ERROR with a traceback.
+ws4py's WSGI application creates a `ClientSocket` on the HTTP thread and writes the 101;
+`Manager.add()` then hands it to the loop thread (gateway/manager.py), which from there
+on is the only thread that reads, writes and closes its socket. Everything else that
+wants to send to the client runs on the loop too (device lines, acks, pings): it queues
+frames with `send_frames()`, and the loop sends all of a round's frames in one
+non-blocking `send()` at the end of the round (`flush()`), keeping the unsent tail and
+waiting for EPOLLOUT while one is pending. So a client that stops reading delays nobody;
+when more than `queue` frames wait for it, it is closed with 1008 and counted.
+
+Bytes read go through the frame layer (gateway/wsframes.py, no I/O): messages go to the
+client's protocol (gateway/client.py), pings are answered, a close is answered, a broken
+frame or an oversize message fails the connection with 1002/1007/1009.
+
+A connection's states, and the only transitions:
+
+    OPEN --close() or the peer's close--> CLOSING --frames out, peer closed--> CLOSED
+    OPEN or CLOSING --EOF, reset, send error, close deadline--> CLOSED
+
+CLOSING queues nothing more: the close frame is the last frame. A close the gateway
+starts waits FINISH_TIMEOUT at most for the peer's answer; a failed connection (a
+protocol error) and an answered close are closed as soon as the close frame is out.
+
+Flow control: a client with at least half its queue waiting is `full`; a device that can
+be paused (TCP) is not read while one of its clients is full (gateway/device.py), for
+ROOM_WAIT at most; a client that did not drain by then is marked `slow` and not waited
+for again until it has drained.
+
+What this relies on in ws4py 0.6.0 (tests/test_ws4py_internals.py checks it):
+`WebSocket.__init__(sock, protocols, extensions, environ)` as called by
+`WebSocketWSGIApplication` with `handler_cls`, and its attributes `sock`, `environ`,
+`protocols`; `WebSocketWSGIHandler.finish_response()` calling
+`server.link_websocket_to_server(ws)`, which calls `manager.add(ws)`. Not used: ws4py's
+`once()`, `send()`, `close()` machinery, `terminate()`, `run()` (all replaced here; its
+`send()` is a blocking unlocked `sendall`).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
+import time
+from enum import Enum
 
-from ws4py import streaming
-from ws4py.websocket import DEFAULT_READING_SIZE, WebSocket
+from ws4py.websocket import WebSocket
 
 from . import frames
-from .client import Client
-from .outbound import Sender
+from .manager import EPOLLIN, EPOLLOUT, Manager, Timer
+from .wsframes import Close, Fail, FrameReader, Message, Ping, Pong
 
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
+FINISH_TIMEOUT = 2.0  # seconds a closing client gets to take its close frame and answer
+SEND_FRAMES = 4096  # frames joined into one send at most
+SEND_BYTES = 1 << 20  # ... and about this many bytes
 
-# ws4py refuses the close codes RFC 6455's registry added after it was written
-# (1012 service restart, 1013 try again later, 1014 bad gateway). The list is read at
-# parse time, so extending it is enough.
-for _code in (1012, 1013, 1014):
-    if _code not in streaming.VALID_CLOSING_CODES:
-        streaming.VALID_CLOSING_CODES.append(_code)
+_RETRY = (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
+
+
+class ConnState(Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 class ClientSocket(WebSocket):
@@ -49,201 +70,272 @@ class ClientSocket(WebSocket):
 
     def __init__(self, sock, protocols=None, extensions=None, environ=None):
         super().__init__(sock, protocols, extensions, environ)
-        self.client: Client = environ["gateway.client"]
-        self.sender: Sender = environ["gateway.sender"]
-        self.max_message: int = environ["gateway.max_message"]
-        self.queue_limit: int = environ["gateway.queue"]
+        self.client = environ["gateway.client"]
+        self.limit: int = environ["gateway.queue"]
         self.registry = environ["gateway.registry"]  # the Gateway: adopt() / forget()
-        self.outbox = None
+        self.reader = FrameReader(environ["gateway.max_message"])
+        self.environ = None  # do not keep the WSGI environ alive for the connection
+        self.stream = None  # ws4py's parser: the frame layer has its own
         self.secure = isinstance(sock, ssl.SSLSocket)
-        self.label = self.client.peer
-        self._slow_left = 0  # bytes of the current frame still to feed to ws4py's parser
-        # Do not keep the WSGI environ (and its copies) alive for the whole connection.
-        self.environ = None
+        self.label = f"{self.client.peer} #{self.client.id}"
+        self.fd = sock.fileno()
+        self.loop: Manager | None = None
+        self.state = ConnState.OPEN
+        self.frames: list[bytes] = []  # queued, not sent yet
+        self.tail = b""  # unsent bytes of the last send
+        self.tail_frames = 0  # frames (partly) in `tail`
+        self.dirty = False  # queued for flush() at the end of this loop round
+        self.watching_out = False  # EPOLLOUT asked for
+        self.high = max(1, self.limit // 2)
+        self.full = False  # at least `high` frames waiting (flow control)
+        self.slow = False  # did not drain within ROOM_WAIT: not waited for until it does
+        self.overflow = False
+        self.close_when_sent = False  # close the socket once the queue is out
+        self.close_timer: Timer | None = None
+        self.awaiting_pong = False
+        self.last_ping = 0.0
 
-    # -- ws4py callbacks ----------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<ClientSocket {self.label} {self.state.value}>"
 
-    def opened(self) -> None:
-        # Runs on the HTTP thread before ws4py registers the socket with its manager:
-        # keep it short and never let it raise.
+    # -- handed over by Manager._adopt ---------------------------------------------------
+
+    def adopted(self, loop: Manager) -> None:
+        self.loop = loop
+        self.sock.setblocking(False)
+        self.registry.adopt(self)
         try:
-            self.registry.adopt(self)
-            self.outbox = self.sender.outbox(self.sock, self.queue_limit, f"{self.label} #{self.client.id}")
-            self.client.opened(self.outbox)
+            self.client.opened(self)
         except Exception:
             log.exception("client %s: could not attach", self.label)
-            if self.outbox is not None:
-                self.outbox.drop(1011, "internal error")
+            self.close(1011, "internal error")
 
-    def received_message(self, message) -> None:
-        # ws4py's parser found a message (the frames _parse leaves to it).
-        self._deliver(bytes(message.data), message.is_binary)  # ws4py clears message.data after
-
-    def _deliver(self, data: bytes, is_binary: bool, alone: bool = False) -> None:
+    def abandon(self) -> None:
+        """No loop to hand the socket to (the gateway is stopping): just close it."""
+        self.state = ConnState.CLOSED
         try:
-            self.client.on_message(data, is_binary, alone)
-        except Exception:
-            log.exception("client %s: message handling failed", self.label)
-            self.client.error(None, "internal error")
+            self.sock.close()
+        except OSError:
+            pass
+        self.registry.forget(self)
 
-    def ponged(self, pong) -> None:
-        if self.outbox is not None:
-            self.outbox.awaiting_pong = False
+    # -- sending (loop thread) -----------------------------------------------------------
 
-    def closed(self, code, reason=None) -> None:
-        try:
-            self.client.closed()
-        finally:
-            self.registry.forget(self)
+    @property
+    def queued(self) -> int:
+        return len(self.frames) + self.tail_frames
 
-    def unhandled_error(self, error) -> None:
-        log.info("client %s: connection error: %s", self.label, error)
-
-    # -- writing goes through the outbox --------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if self.outbox is not None:
-            self.outbox.put(data)
-
-    def close(self, code=1000, reason="") -> None:
-        if self.server_terminated:
-            return
-        self.server_terminated = True
-        if isinstance(reason, (bytes, bytearray)):
-            reason = bytes(reason).decode("utf-8", "replace")
-        if self.stream is not None and self.stream.closing is not None:
-            log.info("client %s: closed the connection with %s", self.label, code)  # we answer it
-        elif code in (1002, 1003, 1007):  # ws4py's parser refused what the client sent
-            log.warning("client %s: malformed frame (%s), closing with %d", self.label, reason or "protocol error", code)
-        # ws4py reports "no code" as 1005, which must never go on the wire (RFC 6455 7.4.1).
-        frame = frames.close(None if code in (1005, 1006, None) else code, reason or "")
-        if self.outbox is not None:
-            self.outbox.put(frame, close=True)
-
-    def close_connection(self) -> None:
-        # Runs on the manager thread once the connection is over; the Sender closes the
-        # socket after the queued frames (the close frame) are out.
-        if self.outbox is not None:
-            self.outbox.finish()
-        elif self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def once(self) -> bool:
-        sock = self.sock
-        if self.terminated or sock is None or self.outbox is None:
+    def send_frames(self, items: list[bytes]) -> bool:
+        """Queue frames for this round's send; False when closing or just overflowed."""
+        if self.state is not ConnState.OPEN:
             return False
+        frames_ = self.frames
+        if len(frames_) + self.tail_frames + len(items) > self.limit:
+            self.overflow = True
+            self.loop.stats.overflows += 1
+            log.warning("client %s: outbound queue overflow, closing with 1008", self.label)
+            frames_.clear()
+            self.close(1008, "outbound queue overflow")
+            return False
+        frames_.extend(items)
+        if not self.full and len(frames_) + self.tail_frames >= self.high:
+            self._set_full(True)
+        if not self.dirty:
+            self.loop.mark_dirty(self)
+        return True
+
+    # The names the client protocol uses (gateway/client.py).
+    put_many = send_frames
+
+    def flush(self) -> None:
+        """Send what is queued, without blocking; keep the unsent tail."""
+        if self.state is ConnState.CLOSED:
+            return
+        frames_ = self.frames
+        while frames_ or self.tail:
+            if frames_:
+                if len(frames_) <= SEND_FRAMES and (len(frames_) == 1 or len(frames_[0]) * len(frames_) <= SEND_BYTES):
+                    batch = frames_[:]
+                    frames_.clear()
+                else:
+                    k = max(1, min(SEND_FRAMES, SEND_BYTES // (len(frames_[0]) or 1)))
+                    batch = frames_[:k]
+                    del frames_[:k]
+                self.loop.stats.frames_sent += len(batch)
+                joined = batch[0] if len(batch) == 1 else b"".join(batch)
+                data = self.tail + joined if self.tail else joined
+                count = self.tail_frames + len(batch)
+            else:
+                data, count = self.tail, self.tail_frames
+            try:
+                sent = self.sock.send(data)
+            except _RETRY:
+                sent = 0
+            except (OSError, ValueError) as exc:
+                log.info("client %s: send failed: %s", self.label, exc)
+                self._close()
+                return
+            if sent < len(data):
+                self.tail = data[sent:]
+                self.tail_frames = count
+                if not self.watching_out:
+                    self.watching_out = True
+                    self.loop.modify(self.fd, EPOLLIN | EPOLLOUT)
+                break
+            self.tail = b""
+            self.tail_frames = 0
+        if not self.tail and self.watching_out:
+            self.watching_out = False
+            self.loop.modify(self.fd, EPOLLIN)
+        if self.full and len(frames_) + self.tail_frames < self.high:
+            self._set_full(False)
+        if self.close_when_sent and not self.tail and not frames_:
+            self._close()
+
+    # -- reading (loop thread) -----------------------------------------------------------
+
+    def on_io(self, events: int) -> None:
+        if events & EPOLLOUT and self.state is not ConnState.CLOSED:
+            self.flush()
+        if events & ~EPOLLOUT and self.state is not ConnState.CLOSED:
+            self._read()
+
+    def _read(self) -> None:
+        sock = self.sock
         try:
+            data = sock.recv(RECV_SIZE)
             if self.secure:
-                with self.outbox.io_lock:
-                    data = sock.recv(RECV_SIZE)
-                    # Decrypted bytes OpenSSL holds already: epoll will not say so.
-                    while sock.pending():
-                        data += sock.recv(sock.pending())
-            else:  # plain TCP: full duplex, the Sender's writes need no lock against this read
-                data = sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return True
+                while sock.pending():  # decrypted bytes OpenSSL holds: epoll will not say so
+                    data += sock.recv(sock.pending())
+        except _RETRY:
+            return
         except (OSError, ValueError) as exc:
             log.info("client %s: connection reset: %s", self.label, exc)
-            return False
+            self._close()
+            return
         if not data:
-            return False
-        n = len(data) - 6
-        if 0 <= n < 126 and data[1] == 0x80 | n and (data[0] == 0x81 or data[0] == 0x82) \
-                and not self.buf and not self._slow_left and n <= self.max_message and self.stream.message is None:
-            # The read is one whole, short, masked text or binary frame: a request line,
-            # usually. The same checks as in _parse, without its loop.
-            payload = _unmask(data[2:6], data[6:])
-            if data[0] == 0x82 or payload.isascii():
-                self._deliver(payload, data[0] == 0x82, True)
-                return self.stream is not None
-        buf = self.buf + data if self.buf else data
-        self.buf = b""
-        link = self.client.link
-        link.hold_writes()  # lines of this read go to the device together, from here
-        try:
-            return self._parse(buf)
-        finally:
-            link.release_writes()
-
-    def _parse(self, buf: bytes) -> bool:
-        pos, end = 0, len(buf)
-        while pos < end:
-            if self._slow_left:  # inside a frame that ws4py parses
-                take = min(self._slow_left, end - pos)
-                self._slow_left -= take
-                if not self._feed_ws4py(buf, pos, pos + take):
-                    return False
-                pos += take
-                continue
-            if end - pos < 2:
-                break
-            b0, b1 = buf[pos], buf[pos + 1]
-            n = b1 & 0x7F
-            head = 2 if n < 126 else 4 if n == 126 else 10
-            if b1 & 0x80:
-                head += 4
-            if end - pos < head:
-                break
-            if n == 126:
-                n = int.from_bytes(buf[pos + 2:pos + 4], "big")
-            elif n == 127:
-                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
-            # FIN + text/binary, masked, within the limit, no fragmented message pending.
-            if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 and n <= self.max_message and self.stream.message is None:
-                stop = pos + head + n
-                if stop > end:
-                    break  # the rest of this frame is still to come
-                payload = _unmask(buf[pos + head - 4:pos + head], buf[pos + head:stop]) if n else b""
-                if b0 == 0x81 and not payload.isascii():
+            self._close()
+            return
+        reader = self.reader
+        if reader.closed:
+            return  # after a close or a failure: read on until the peer closes
+        events = reader.feed(data)
+        alone = len(events) == 1 and not reader.buffered
+        for ev in events:
+            kind = type(ev)
+            if kind is Message:
+                if self.state is ConnState.OPEN:
                     try:
-                        payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        self._slow_left = head + n  # ws4py closes with 1007, as for any invalid text
-                        continue
-                self._deliver(payload, b0 == 0x82, pos == 0 and stop == end)
-                pos = stop
-                if self.stream is None:
-                    return False
+                        self.client.on_message(ev.data, ev.binary, alone)
+                    except Exception:
+                        log.exception("client %s: message handling failed", self.label)
+                        self.client.error(None, "internal error")
+            elif kind is Ping:
+                if self.state is ConnState.OPEN:
+                    self.send_frames([frames.pong(ev.payload)])
+            elif kind is Pong:
+                self.awaiting_pong = False
+            elif kind is Close:
+                self._peer_closed(ev)
+            elif kind is Fail:
+                self._failed(ev)
+
+    def _peer_closed(self, ev: Close) -> None:
+        if self.state is ConnState.OPEN:
+            log.info("client %s: closed the connection with %s", self.label, ev.code)
+            self._queue_close(ev.code, ev.reason)  # the usual answer echoes it (RFC 6455 5.5.1)
+        self.close_when_sent = True  # either way the closing handshake is complete
+        self.loop.mark_dirty(self)
+
+    def _failed(self, ev: Fail) -> None:
+        if ev.code == 1009:
+            log.info("client %s: %s, closing with 1009", self.label, ev.reason)
+            self.registry.stats.messages_oversize += 1
+        else:
+            log.warning("client %s: malformed frame (%s), closing with %d", self.label, ev.reason, ev.code)
+        if self.state is ConnState.OPEN:
+            self._queue_close(ev.code, ev.reason)
+        self.close_when_sent = True  # failing the connection: no closing handshake
+        self.loop.mark_dirty(self)
+
+    # -- closing (loop thread) -----------------------------------------------------------
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the socket is closed once the peer answered, or
+        after FINISH_TIMEOUT."""
+        if self.state is not ConnState.OPEN:
+            return
+        self._queue_close(code, reason)
+        self.close_timer = self.loop.call_later(FINISH_TIMEOUT, self._close)
+
+    def _queue_close(self, code: int | None, reason: str) -> None:
+        self.state = ConnState.CLOSING
+        self.frames.append(frames.close(code, reason))
+        self.loop.mark_dirty(self)
+
+    def _close(self) -> None:
+        if self.state is ConnState.CLOSED:
+            return
+        self.state = ConnState.CLOSED
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.loop.forget(self.fd, self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.frames = []
+        self.tail = b""
+        self.tail_frames = 0
+        try:
+            self.client.closed()
+        except Exception:
+            log.exception("client %s: error while closing", self.label)
+        finally:
+            self.registry.forget(self)
+        if self.full:
+            self._set_full(False)
+
+    def _set_full(self, full: bool) -> None:
+        """Flow control: the device counts its full clients; one that drained (or left)
+        may let it be read again."""
+        self.full = full
+        link = self.client.link
+        if full:
+            link.full_clients += 1
+        else:
+            self.slow = False
+            link.full_clients -= 1
+            link.room()
+
+
+class Keepalive:
+    """Ping every client every `interval` seconds; close one that did not answer the
+    previous ping (1011). A timer on the loop: nothing wakes in between."""
+
+    def __init__(self, loop: Manager, interval: float):
+        self.loop = loop
+        self.interval = interval
+        self.ping = frames.ping(b"gw")
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self.loop.call(self._schedule)
+
+    def _schedule(self) -> None:
+        self.loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for ws in self.loop.clients():
+            if ws.state is not ConnState.OPEN:
                 continue
-            self._slow_left = head + n
-        if pos < end:
-            self.buf = buf[pos:]
-        return True
-
-    def _feed_ws4py(self, buf: bytes, pos: int, stop: int) -> bool:
-        """Feed buf[pos:stop] to ws4py's parser, exactly as many bytes as it asks for at a time."""
-        while pos < stop:
-            need = self.reading_buffer_size or DEFAULT_READING_SIZE
-            chunk = buf[pos:min(pos + need, stop)]
-            pos += len(chunk)
-            if not self.process(chunk) or self.stream is None:
-                return False
-            if self._too_big():
-                return False
-        return True
-
-    def _too_big(self) -> bool:
-        """Refuse a message over max_message as soon as a frame header announces it."""
-        need = self.reading_buffer_size or 0
-        pending = self.stream.message
-        size = need + (len(pending.data) if pending is not None and not pending.completed else 0)
-        if size <= self.max_message:
-            return False
-        log.info("client %s: message over %d bytes, closing with 1009", self.label, self.max_message)
-        self.close(1009, f"message larger than {self.max_message} bytes")
-        return True
-
-
-def _unmask(key: bytes, data: bytes) -> bytes:
-    """XOR `data` with the 4-byte masking `key` (RFC 6455 5.3), as one big-integer XOR."""
-    n = len(data)
-    keys = key * ((n >> 2) + 1)
-    return (int.from_bytes(data, "little") ^ int.from_bytes(keys[:n], "little")).to_bytes(n, "little")
+            if ws.awaiting_pong:
+                self.loop.stats.keepalive_drops += 1
+                log.info("client %s: no pong for %.0f s, closing", ws.label, now - ws.last_ping)
+                ws.close(1011, "keepalive timeout")
+                continue
+            ws.awaiting_pong = True
+            ws.last_ping = now
+            ws.send_frames([self.ping])
+        self._schedule()

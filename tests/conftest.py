@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import Config, LimitsConfig, ServerConfig, apply_flags
 
-GATEWAY_THREAD_PREFIXES = ("device-rx:", "device-tx:", "ws-tx", "WebSocketManager", "http:", "http-accept", "sim-",
+GATEWAY_THREAD_PREFIXES = ("device:", "device-open", "WebSocketManager", "http:", "http-accept", "sim-",
                            "mqtt-sink", "recorder", "paho-mqtt-client-gateway-")
 
 

@@ -1,9 +1,9 @@
 """DeviceLink + Hub end to end, over the real peers of tests/test_transports.py.
 
-A DeviceLink runs its reader and writer threads against a real pty, a TCP server, a
-TCP client dialling in, a UDP socket and pyserial's socket://; test subscribers attached
-to the Hub decode the WebSocket frames they are handed. Waits are `wait_for` with a
-deadline, never sleeps.
+A DeviceLink runs on an I/O loop of its own (gateway/manager.py) against a real pty, a
+TCP server, a TCP client dialling in, a UDP socket and pyserial's socket:// (which has a
+thread of its own); test subscribers attached to the Hub decode the WebSocket frames
+they are handed. Waits are `wait_for` with a deadline, never sleeps.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from gateway.manager import Manager
 from gateway.transports.base import TransportError
 from test_transports import PEERS, StreamPeer, TcpServerPeer
 
-# "tcp-loop": a TCP device read by the gateway's loop thread (gateway/manager.py), as in
-# the gateway; the others are read by the link's reader thread.
-LINK_PEERS = ["pty", "pty-link", "tcp", "tcp-loop", "tcp-listen", "udp", "socket"]
+LINK_PEERS = ["pty", "pty-link", "tcp", "tcp-listen", "udp", "socket"]
 _names = itertools.count(1)
 
 
@@ -119,6 +117,24 @@ class Recording:
             raise
         self.opens.append((time.monotonic(), True))
 
+    def open_nowait(self):
+        """The loop's way: a TCP connect may finish (or fail) in finish_open()."""
+        try:
+            self.inner.open_nowait()
+        except TransportError:
+            self.opens.append((time.monotonic(), False))
+            raise
+        if not getattr(self.inner, "connecting", False):
+            self.opens.append((time.monotonic(), True))
+
+    def finish_open(self):
+        try:
+            self.inner.finish_open()
+        except TransportError:
+            self.opens.append((time.monotonic(), False))
+            raise
+        self.opens.append((time.monotonic(), True))
+
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
@@ -136,11 +152,9 @@ class Running:
         self.hub.attach(self.json, 2)
         transport = transports.create(peer.url)
         self.transport = wrap(transport) if wrap else transport
-        self.link = DeviceLink(DeviceConfig(name=self.name, url=peer.url), self.hub, self.transport)
-        self.loop = None
-        if getattr(peer, "in_loop", False):
-            self.loop = self.link.loop = Manager()
-            self.loop.start()
+        self.loop = Manager()
+        self.loop.start()
+        self.link = DeviceLink(DeviceConfig(name=self.name, url=peer.url), self.hub, self.transport, loop=self.loop)
         self.link.start()
         try:
             self.peer.attach()
@@ -150,9 +164,11 @@ class Running:
             raise
 
     def threads(self) -> list[str]:
-        names = (f"device-rx:{self.name}", f"device-tx:{self.name}")
-        alive = [t.name for t in threading.enumerate() if t.name in names]
-        if self.loop is not None and self.loop.is_alive():
+        """This link's threads still alive: its own (a transport without a descriptor),
+        its opener, and its loop."""
+        mine = (f"device:{self.name}", f"device-open:{self.name}")
+        alive = [t.name for t in threading.enumerate() if t.name.startswith(mine)]
+        if self.loop.is_alive():
             alive.append(self.loop.name)
         return alive
 
@@ -174,15 +190,13 @@ class Running:
 
     def stop(self) -> None:
         self.link.stop(timeout=5)
-        if self.loop is not None:
-            self.loop.stop()
-            self.loop.join(5)
+        self.loop.stop(1.0)
+        self.loop.join(5)
 
 
 @pytest.fixture(params=LINK_PEERS)
 def peer(request, tmp_path):
-    p = PEERS[request.param.removesuffix("-loop")](tmp_path)
-    p.in_loop = request.param.endswith("-loop")
+    p = PEERS[request.param](tmp_path)
     yield p
     p.close()
 
@@ -196,11 +210,10 @@ def running(peer):
 
 
 @contextlib.contextmanager
-def tcp_link(tmp_path, in_loop: bool = False, wrap=None):
-    """A Running link on a TCP device of its own (read by a Manager with `in_loop`);
-    stopped and closed after, with no thread of it left."""
+def tcp_link(tmp_path, wrap=None):
+    """A Running link on a TCP device of its own; stopped and closed after, with no
+    thread of it left."""
     peer = TcpServerPeer(tmp_path)
-    peer.in_loop = in_loop
     try:
         r = Running(peer, wrap)
         try:
@@ -351,36 +364,40 @@ class FailsFirstOpen(Recording):
     """The real transport, whose first open() fails with something not a TransportError
     (as getaddrinfo's UnicodeError for tcp://a..b:1, or a driver's odd exception)."""
 
-    def open(self):
+    def open_nowait(self):
         if not self.opens:
             self.opens.append((time.monotonic(), False))
             raise ValueError("unexpected failure inside open()")
-        super().open()
+        super().open_nowait()
 
 
 def test_unexpected_error_in_open_is_retried_not_fatal(tmp_path):
     peer = TcpServerPeer(tmp_path)
     name = f"link{next(_names)}"
     hub = Hub(name, run="test-run")
-    link = DeviceLink(DeviceConfig(name=name, url=peer.url), hub, FailsFirstOpen(transports.create(peer.url)))
+    loop = Manager()
+    loop.start()
+    link = DeviceLink(DeviceConfig(name=name, url=peer.url), hub, FailsFirstOpen(transports.create(peer.url)),
+                      loop=loop)
     link.start()
-    reader = link._reader
     try:
-        wait_for(lambda: link.state is State.CONNECTED or not reader.is_alive(), 5,
-                 what="the link to connect or its reader to die")
-        assert reader.is_alive(), "device-rx thread died on an exception from open()"
+        wait_for(lambda: link.state is State.CONNECTED, 5, what="the link to connect after a failed open")
         peer.attach()
         assert [ok for _, ok in link.transport.opens][:2] == [False, True]
     finally:
         link.stop(timeout=5)
+        loop.stop(1.0)
+        loop.join(5)
         peer.close()
 
 
 # -- stopping -----------------------------------------------------------------------------
 
 
-def test_stop_joins_both_threads_and_says_disconnected(running):
-    assert len(running.threads()) == (2 if running.loop is None else 3)
+def test_stop_joins_its_threads_and_says_disconnected(running):
+    own = [t for t in running.threads() if t.startswith(f"device:{running.name}")]
+    assert own == ([f"device:{running.name}"] if running.peer.name == "socket" else []), \
+        "only a transport without a descriptor has a thread of its own"
     started = time.monotonic()
     running.stop()
     assert time.monotonic() - started < 2.0
@@ -425,7 +442,7 @@ def test_udp_datagram_boundaries_are_line_ends(running):
     assert running.hub.partial == b""
 
 
-# -- read by the gateway's loop thread ---------------------------------------------------------
+# -- on the loop ---------------------------------------------------------------------------------
 
 
 class ThreadNoting(Collector):
@@ -440,49 +457,55 @@ class ThreadNoting(Collector):
         super().deliver(items)
 
 
-def test_a_tcp_device_is_read_by_the_loop_then_by_its_reader_when_the_loop_ends(tmp_path):
-    with tcp_link(tmp_path, in_loop=True) as r:
-        peer = r.peer
-        noting = ThreadNoting("text")
-        r.hub.attach(noting, 3)
-        r.send_lines(["one", "two"])
-        wait_for(lambda: noting.texts() == ["one", "two"], what="lines read by the loop")
-        assert set(noting.threads) == {"WebSocketManager"}
-
-        r.loop.stop()  # the gateway stops its loop before its devices at shutdown
-        r.loop.join(5)
-        assert not r.loop.is_alive()
-        noting.threads.clear()
-        r.send_lines(["three"])
-        wait_for(lambda: noting.texts() == ["one", "two", "three"], what="a line read after the loop ended")
-        assert noting.threads == [f"device-rx:{r.name}"]
-
-        peer.send(b"PART")  # the device vanishes mid-line: the part is still delivered
-        wait_for(lambda: r.hub.partial == b"PART", what="the partial line")
-        peer.lose()
-        wait_for(lambda: noting.texts()[-1:] == ["PART"], what="the partial line, flushed")
-        assert [m["seq"] for m in r.json.lines()] == [1, 2, 3, 4]
+@pytest.mark.parametrize("peer", ["pty", "tcp", "tcp-listen", "udp"], indirect=True)
+def test_a_device_with_a_descriptor_is_read_by_the_loop_and_has_no_thread(running):
+    noting = ThreadNoting("text")
+    running.hub.attach(noting, 3)
+    running.send_lines(["one", "two"])
+    wait_for(lambda: noting.texts() == ["one", "two"], what="lines read by the loop")
+    assert set(noting.threads) == {"WebSocketManager"}
+    assert [t for t in running.threads() if t.startswith(f"device:{running.name}")] == []
 
 
-def test_lines_written_at_once_and_queued_keep_their_order(tmp_path):
-    """write_now() (the loop thread's shortcut for a lone line) and submit() interleave."""
+def test_tcp_listen_a_new_connection_starts_a_new_line(tmp_path):
+    """The device sent half a line, then dialled in again and said "boot ok": the half
+    line is delivered on its own, not glued to the new connection's first line."""
+    peer = PEERS["tcp-listen"](tmp_path)
+    try:
+        r = Running(peer)
+        try:
+            peer.send(b"temp=21.5 hu")
+            wait_for(lambda: r.hub.partial == b"temp=21.5 hu", what="the partial line")
+            second = socket.create_connection(("127.0.0.1", peer.port), timeout=5)
+            wait_for(lambda: r.link.counters.reconnects == 0 and r.hub.partial == b"", what="the new connection")
+            second.sendall(b"boot ok\n")
+            lines = r.wait_lines(2)
+            assert [m["line"] for m in lines] == ["temp=21.5 hu", "boot ok"]
+            second.close()
+        finally:
+            r.stop()
+    finally:
+        peer.close()
+
+
+def test_lines_submitted_in_one_round_go_out_together_in_order(tmp_path):
     client = Client()
-    with tcp_link(tmp_path, in_loop=True) as r:
-        expected = []
-        for i in range(300):
-            line = b"L%d\n" % i
-            expected.append(line)
-            if i % 3 == 0 and r.link.write_now(line):
-                continue
-            assert r.link.submit(WriteRequest(line, client=client, id=i)) is None
+    with tcp_link(tmp_path) as r:
+        expected = [b"L%d\n" % i for i in range(300)]
+
+        def submit_all():
+            for i, line in enumerate(expected):
+                assert r.link.submit(WriteRequest(line, client=client, id=i)) is None
+
+        r.loop.call(submit_all)
         assert r.peer.recv_exactly(sum(map(len, expected))) == b"".join(expected)
         wait_for(lambda: r.link.counters.lines_out == 300, what="every line counted")
+        assert client.acks == list(range(300))
 
 
-@pytest.mark.parametrize("in_loop", [False, True], ids=["reader", "loop"])
-def test_a_failing_listener_costs_a_reconnect_not_the_device(tmp_path, in_loop):
+def test_a_failing_listener_costs_a_reconnect_not_the_device(tmp_path):
     """A bug behind publish() (here a sink that raises once) is logged and the link
-    reconnects, whichever thread was reading; the device is not left unread."""
+    reconnects; the device is not left unread."""
     class FailsOnce:
         failed = False
 
@@ -494,11 +517,7 @@ def test_a_failing_listener_costs_a_reconnect_not_the_device(tmp_path, in_loop):
         def on_state(self, device, state):
             pass
 
-    with tcp_link(tmp_path, in_loop=in_loop) as r:
+    with tcp_link(tmp_path) as r:
         r.hub.listeners.append(FailsOnce())
         r.send_lines(["boom"])
         wait_for(lambda: r.link.counters.reconnects == 1, what="a reconnect after the failure")
-        r.peer.attach()
-        assert r.link.wait_connected(5)
-        r.send_lines(["after"])
-        wait_for(lambda: "after" in r.text.texts(), what="a line after the reconnect")

@@ -13,7 +13,7 @@ import pytest
 import websocket
 from conftest import wait_for, ws_url
 
-from gateway.wsadapter import _unmask
+from gateway.wsframes import _unmask
 
 TIMEOUT = 5
 
@@ -402,7 +402,7 @@ def test_keepalive_pings_and_drops_a_client_that_does_not_answer(start_gateway):
             alive.pong(frame.data)
     timer.cancel()
     assert pings >= 3
-    assert gw.client_count() == 1 and gw.sender.keepalive_drops == 1
+    assert gw.client_count() == 1 and gw.manager.stats.keepalive_drops == 1
     alive.settimeout(5)
     alive.send("PING")
     while (msg := alive.recv_frame()).opcode != websocket.ABNF.OPCODE_TEXT:

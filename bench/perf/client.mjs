@@ -385,10 +385,11 @@ async function w5() {
   const sent = answer.sent || [];
   const complete = await waitUntil(() => stats.every((s, i) => s.unique >= (sent[i] || 0)), spec.seconds * 1000, 20);
   let lost = 0, dup = 0, reordered = 0, delivered = 0, foreign = 0, beyond = 0, other = 0, maxLost = 0;
+  const lostAt = [];  // the first few lines missing, "devI:t=K/SENT"
   for (let i = 0; i < n; i++) {
     const s = stats[i], want = Math.min(sent[i] || 0, most);
     let got = 0;
-    for (let k = 1; k <= want; k++) got += s.seen[k];
+    for (let k = 1; k <= want; k++) { got += s.seen[k]; if (!s.seen[k] && lostAt.length < 10) lostAt.push(`dev${i}:t=${k}/${want}`); }
     const l = want - got;
     lost += l; maxLost = Math.max(maxLost, l);
     beyond += s.unique - got + s.beyond;  // lines numbered past what the device sent
@@ -399,7 +400,7 @@ async function w5() {
   for (const c of conns) if (c) c.close();
   return { devices: n, opened, failed, connect_seconds: connectSeconds, hellos, complete, delivered,
            expected: sent.reduce((a, b) => a + b, 0), lost, duplicated: dup, reordered, max_lost_per_client: maxLost,
-           foreign, beyond, other, alive };
+           foreign, beyond, other, alive, lost_at: lostAt };
 }
 
 const workloads = { w1, w2, w3, w4, w5 };

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from paho.mqtt.client import MQTT_ERR_NO_CONN
 
-from ..codec import LineError, encode_line
+from ..codec import LineError, encode_line, split_client_text
 from ..config import MqttConfig
 from ..device import WriteRequest
 from ..hub import Record, State
@@ -177,7 +177,7 @@ class _Channel:
             log.warning("mqtt: %s: message is not valid %s; not written", msg.topic, cfg.encoding)
             return
         allow = getattr(self.link, "allow", None)
-        for line in text.splitlines() or [""]:
+        for line in split_client_text(text):
             try:
                 if allow is not None and not allow.allows(line):
                     raise LineError(f"line not allowed on device {self.name}")

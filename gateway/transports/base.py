@@ -1,10 +1,19 @@
 """The one small interface every transport implements.
 
 A transport moves bytes; it knows nothing of lines, clients or reconnecting. The device
-link (gateway/device.py) owns one transport and calls it from two threads: its reader
-thread calls `read()` (or hands `read_nowait()` to the gateway's loop thread, for a
-`pollable` transport), its writer thread calls `write()`. `open()` and `close()` are
-called by the reader thread only, except `close()` at shutdown, after `cancel()`.
+link (gateway/device.py) owns one transport and drives it one of two ways:
+
+- `pollable` (it has a descriptor): the I/O loop thread owns it. A worker thread calls
+  `open_nowait()` (which may block briefly: a name to resolve, a port to open); the
+  loop then calls `fileno()`, `read_nowait()`, `try_write()` and `close()`, and
+  `finish_open()` once the descriptor is writable if `connecting` was set. A listening
+  transport (tcp-listen) also has `listen_fileno()` and `accept()`.
+- otherwise: one thread of the link's own calls `open()`, `read()`, `write()` and
+  `close()`; the loop calls `wakeup()` to have a blocked `read()` return early (a write
+  is waiting), and `cancel()` at shutdown.
+
+The blocking half (`open`, `read`, `write`) works for every transport, so a thread can
+always own one (the back-to-back tests in tests/test_transports.py do).
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ class Transport:
 
     #: Each read() returns one whole message (a UDP datagram): its end ends a line.
     message_oriented = False
-    #: Has a descriptor an event loop can watch, and `read_nowait()` (see
-    #: DeviceLink._read_in_loop): the gateway's loop thread may read it instead of the
-    #: reader thread.
+    #: Has a descriptor the I/O loop watches (see the module docstring).
     pollable = False
+    #: `read(None)` blocks until there is data or `wakeup()`/`cancel()` is called, not
+    #: READ_TIMEOUT at most: an idle device then wakes no thread.
+    wakes_up = False
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         """Check `url` and `options`; raise ValueError naming what is wrong. No I/O."""
@@ -44,8 +54,13 @@ class Transport:
     def open(self) -> None:
         raise NotImplementedError
 
-    def read(self) -> bytes:
-        """Bytes the device sent, b"" when none came within READ_TIMEOUT.
+    def open_nowait(self) -> None:
+        """`open()` for the loop's worker (pollable transports; see the module docstring)."""
+        self.open()
+
+    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
+        """Bytes the device sent, b"" when none came within `timeout` (None: until woken,
+        for a transport that `wakes_up`; READ_TIMEOUT for the others).
 
         Raises TransportError when the device is gone.
         """
@@ -67,6 +82,10 @@ class Transport:
 
     def cancel(self) -> None:
         """Make a blocked read() or open() return soon (called from another thread)."""
+
+    def wakeup(self) -> None:
+        """Make a blocked read() return soon, b"" if nothing came (another thread)."""
+        self.cancel()
 
     def close(self) -> None:
         """Close the connection to the device; open() may follow."""

@@ -140,6 +140,7 @@ class MqttTransport(Transport):
         self.topic_rx, self.topic_tx, self.topic_status = f"{base}/rx", f"{base}/tx", f"{base}/status"
         self._cond = threading.Condition()
         self._inbox: deque[bytes | _Lost] = deque()  # guarded by _cond
+        self._woken = False  # wakeup() since the last read (guarded by _cond)
         self._client = None
         self._broker_up = False
         self._owner_state: str | None = None
@@ -232,12 +233,22 @@ class MqttTransport(Transport):
                 self._cond.wait(remaining)
             self._open_epoch = self._epoch
 
-    def read(self) -> bytes:
-        deadline = time.monotonic() + READ_TIMEOUT
+    wakes_up = True
+
+    def wakeup(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 if self._cancelled:
                     raise TransportError("cancelled")
+                if self._woken:
+                    self._woken = False
+                    return b""
                 if self._inbox:
                     item = self._inbox.popleft()
                     if isinstance(item, _Lost):
@@ -245,8 +256,8 @@ class MqttTransport(Transport):
                             raise TransportError(item.reason)
                         continue  # from an earlier connection, already handled
                     return item
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     return b""
                 self._cond.wait(remaining)
 

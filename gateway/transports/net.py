@@ -1,12 +1,12 @@
 """ESP8266 over the network: `tcp://` (the gateway dials), `tcp-listen://` (the device
 dials the gateway) and `udp://` (one datagram per line).
 
-One socket per transport, read by one thread at a time (the device link's reader, or the
-gateway's loop thread it hands a `pollable` socket to, see device.py) and
-one thread at a time writes it (the link's writer thread, or a direct `try_write` under
-the link's write lock): a socket is full duplex, so one reader and one writer at a time
-need no lock. `close()` from another thread first shuts the socket down, which wakes
-both.
+All three are `pollable`: in the gateway the I/O loop (gateway/manager.py) owns the
+socket and uses the non-blocking half of the interface (`open_nowait`, `finish_open`,
+`fileno`, `read_nowait`, `try_write`, and for tcp-listen `listen_fileno` and `accept`).
+The blocking half (`open`, `read`, `write`) serves a thread that owns the transport,
+as the back-to-back transport tests do. Waiting uses poll(), never select(), which fails
+for descriptors above 1023 (a gateway with a thousand clients has those).
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def _no_options(url: SplitResult, options: dict[str, str], allowed=()) -> None:
             raise ValueError(f"unknown {url.scheme} option {key!r}")
 
 
+def _wait(sock_or_fd, events: int, timeout: float) -> bool:
+    """True when the descriptor is ready for `events` within `timeout` seconds."""
+    poller = select.poll()
+    poller.register(sock_or_fd, events)
+    return bool(poller.poll(timeout * 1000))
+
+
 def _shutdown(sock: socket.socket | None) -> None:
     if sock is None:
         return
@@ -71,17 +78,7 @@ class StreamSocketTransport(Transport):
     flow_control = True
     pollable = True
 
-    def _readable(self, extra: list[socket.socket]) -> list[socket.socket]:
-        sock = self.sock
-        if sock is None:
-            raise TransportError("socket is closed")
-        try:
-            ready, _, _ = select.select([sock, *extra], [], [], READ_TIMEOUT)
-        except (OSError, ValueError) as exc:  # closed from another thread
-            raise TransportError(f"socket closed: {exc}") from None
-        return ready
-
-    def read(self) -> bytes:
+    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
         # One blocking recv, bounded by SO_RCVTIMEO (set in _tune): no select() first.
         return self._read(0)
 
@@ -118,10 +115,7 @@ class StreamSocketTransport(Transport):
             raise TransportError(f"write failed: {exc}") from None
 
     def try_write(self, data: bytes) -> int:
-        """Write what the socket takes now, without blocking; the number of bytes taken.
-
-        For the device link's direct writes (gateway/device.py), made under its write
-        lock: the socket still has one writer at a time."""
+        """Write what the socket takes now, without blocking; the number of bytes taken."""
         sock = self.sock
         if sock is None:
             raise TransportError("socket is closed")
@@ -168,7 +162,12 @@ class TcpTransport(StreamSocketTransport):
         self.address = host_port(url)
         _no_options(url, options)
 
-    def open(self) -> None:
+    connecting = False  # open_nowait() started a connect that finish_open() completes
+
+    def open_nowait(self) -> None:
+        """Resolve the name (this may block: call it off the loop) and start connecting
+        without blocking; `connecting` then says to wait until the socket is writable
+        and call `finish_open()`."""
         host, port = self.address
         self._cancelled = False
         try:
@@ -176,29 +175,46 @@ class TcpTransport(StreamSocketTransport):
             sock = socket.socket(family, kind, proto)
         except OSError as exc:
             raise TransportError(f"cannot connect to {host}:{port}: {exc}") from None
-        try:
-            # Connect without blocking, in READ_TIMEOUT steps, so cancel() is heard.
-            sock.setblocking(False)
-            err = sock.connect_ex(addr)
-            waited = 0.0
-            while err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK) and not self._cancelled:
-                _, ready, _ = select.select([], [sock], [], READ_TIMEOUT)
-                if ready:
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    break
-                waited += READ_TIMEOUT
-                if waited >= OPEN_TIMEOUT:
-                    err = errno.ETIMEDOUT
-            if self._cancelled:
-                raise OSError(errno.ECANCELED, "cancelled")
-            if err:
-                raise OSError(err, os.strerror(err))
-        except OSError as exc:
-            sock.close()
-            raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        err = sock.connect_ex(addr)
+        self.sock = sock
+        if err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            self.connecting = True
+            return
+        self._connected(err)
+
+    def finish_open(self) -> None:
+        self.connecting = False
+        sock = self.sock
+        if sock is None:
+            raise TransportError("cancelled")
+        self._connected(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _connected(self, err: int) -> None:
+        sock = self.sock
+        if err:
+            self.close()
+            host, port = self.address
+            raise TransportError(f"cannot connect to {host}:{port}: {os.strerror(err)}")
         sock.setblocking(True)
         self._tune(sock)
-        self.sock = sock
+
+    def open(self) -> None:
+        """Connect, blocking up to OPEN_TIMEOUT, in READ_TIMEOUT steps so cancel() is heard."""
+        self.open_nowait()
+        waited = 0.0
+        while self.connecting and not self._cancelled and waited < OPEN_TIMEOUT:
+            sock = self.sock
+            if sock is None or _wait(sock, select.POLLOUT, READ_TIMEOUT):
+                break
+            waited += READ_TIMEOUT
+        if self.connecting and (self._cancelled or waited >= OPEN_TIMEOUT):
+            self.close()
+            self.connecting = False
+            host, port = self.address
+            raise TransportError(f"cannot connect to {host}:{port}: {'cancelled' if self._cancelled else 'timed out'}")
+        if self.connecting:
+            self.finish_open()
 
 
 class TcpListenTransport(StreamSocketTransport):
@@ -208,11 +224,9 @@ class TcpListenTransport(StreamSocketTransport):
     while its old connection still looks open (it rebooted, the old one is half-open)
     replaces the old connection: the newest connection is the device.
 
-    Read by the link's reader thread only (not `pollable`): it also watches the listener
-    for that new connection, whose socket then replaces the one being read.
+    On the loop, the listener is watched for as long as the transport lives
+    (`listen_fileno`), and `accept()` swaps the new connection in.
     """
-
-    pollable = False
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         super().__init__(url, options)
@@ -230,31 +244,58 @@ class TcpListenTransport(StreamSocketTransport):
             self.listener = listener
         return self.listener
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
         conn, addr = self.listener.accept()
         self._tune(conn)
         old, self.sock = self.sock, conn
         self.peer = f"{addr[0]}:{addr[1]}"
         _shutdown(old)
+        return old is not None
+
+    def open_nowait(self) -> None:
+        self._listen()
+
+    def listen_fileno(self) -> int:
+        return self._listen().fileno()
+
+    def accept(self) -> bool:
+        """Take the device's new connection (the listener is readable); True when it
+        replaced an older one."""
+        try:
+            self.listener.setblocking(False)
+            return self._accept()
+        except (OSError, AttributeError) as exc:
+            raise TransportError(f"accept failed: {exc}") from None
 
     def open(self) -> None:
         listener = self._listen()
         try:
-            ready, _, _ = select.select([listener], [], [], READ_TIMEOUT)
+            ready = _wait(listener, select.POLLIN, READ_TIMEOUT)
         except (OSError, ValueError) as exc:
             raise TransportError(f"listener closed: {exc}") from None
         if not ready:
             raise NotConnectedYet(f"waiting for the device to dial {self.address[0]}:{self.address[1]}")
         try:
+            listener.setblocking(True)
             self._accept()
         except OSError as exc:
             raise NotConnectedYet(f"accept failed: {exc}") from None
 
-    def read(self) -> bytes:
-        listener = self.listener
-        ready = self._readable([listener] if listener is not None else [])
-        if listener is not None and listener in ready:
+    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
+        listener, sock = self.listener, self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        poller = select.poll()
+        try:
+            poller.register(sock, select.POLLIN)
+            if listener is not None:
+                poller.register(listener, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
+        except (OSError, ValueError) as exc:  # closed from another thread
+            raise TransportError(f"socket closed: {exc}") from None
+        if listener is not None and listener.fileno() in ready:
             try:
+                listener.setblocking(True)
                 self._accept()  # the device dialled again: the new connection wins
             except OSError:
                 pass
@@ -283,6 +324,7 @@ class UdpTransport(Transport):
     """
 
     message_oriented = True
+    pollable = True
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         super().__init__(url, options)
@@ -291,6 +333,9 @@ class UdpTransport(Transport):
         self.bind = parse_hostport(options["bind"]) if "bind" in options else None
         self.sock: socket.socket | None = None
         self.refused = 0
+
+    def open_nowait(self) -> None:
+        self.open()
 
     def open(self) -> None:
         try:
@@ -305,20 +350,52 @@ class UdpTransport(Transport):
             raise TransportError(f"cannot open UDP socket to {self.address[0]}:{self.address[1]}: {exc}") from None
         self.sock = sock
 
-    def read(self) -> bytes:
+    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
         sock = self.sock
         if sock is None:
             raise TransportError("socket is closed")
         try:
-            ready, _, _ = select.select([sock], [], [], READ_TIMEOUT)
-            if not ready:
+            if not _wait(sock, select.POLLIN, READ_TIMEOUT if timeout is None else timeout):
                 return b""
-            return sock.recv(RECV_SIZE)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"read failed: {exc}") from None
+        return self.read_nowait()
+
+    def read_nowait(self) -> bytes:
+        """One datagram, or b"" when none is waiting."""
+        sock = self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        try:
+            return sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return b""
         except ConnectionRefusedError:
             self.refused += 1
             return b""
         except (OSError, ValueError) as exc:
             raise TransportError(f"read failed: {exc}") from None
+
+    def fileno(self) -> int:
+        sock = self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        return sock.fileno()
+
+    def try_write(self, data: bytes) -> int:
+        """One datagram; a full socket buffer takes none of it (0)."""
+        sock = self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        try:
+            sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except ConnectionRefusedError:
+            self.refused += 1  # the device is not listening (yet): the datagram is lost
+        except OSError as exc:
+            raise TransportError(f"write failed: {exc}") from None
+        return len(data)
 
     def write(self, data: bytes) -> None:
         sock = self.sock

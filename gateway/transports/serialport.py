@@ -3,13 +3,22 @@
 `serial:///dev/ttyUSB0?baudrate=115200` opens the path with the given settings;
 `socket://`, `rfc2217://`, `loop://`, `spy://` and `hwgrep://` URLs go to pyserial as
 they are, so ptys, USB adapters found by id and RFC 2217 servers come for free.
+
+`serial://` and `hwgrep://` ports are `pollable`: pyserial opens and configures them
+(baud rate, parity, ...) and closes them, but the bytes move through the port's
+descriptor with poll, os.read and os.write. pyserial 3.5's own POSIX `read()` and
+`write()` call select(), which fails for descriptors above 1023 (a gateway with a
+thousand clients has those). The other pyserial URLs (`socket://`, `rfc2217://`,
+`loop://`, `spy://`) have no descriptor to watch and are read by a thread of their own
+through pyserial.
 """
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult
-
+import errno
+import os
 import select
+from urllib.parse import SplitResult
 
 import serial
 
@@ -67,6 +76,7 @@ class SerialTransport(Transport):
         # A real port gets a write deadline; pyserial's loop:// turns one into a refusal
         # of any write longer than the deadline at its emulated baud rate.
         self.write_timeout = WRITE_TIMEOUT if url.scheme in ("serial", "hwgrep") else None
+        self.pollable = url.scheme in ("serial", "hwgrep")
         self.port: serial.SerialBase | None = None
         self.fd: int | None = None
 
@@ -81,20 +91,61 @@ class SerialTransport(Transport):
         except (AttributeError, NotImplementedError, OSError, ValueError):
             self.fd = None
         if self.fd is not None:
-            # We wait for data with select() and then take all that is there in one
+            # We wait for data with poll() and then take all that is there in one
             # read: pyserial's read(n) waits for n bytes or the timeout, and socket://'s
             # in_waiting says only 0 or 1.
             port.timeout = 0
+        elif self.pollable:
+            port.close()
+            raise TransportError(f"{self.port_name} has no descriptor to read")
         self.port = port
 
-    def read(self) -> bytes:
+    open_nowait = open
+
+    def fileno(self) -> int:
+        if self.fd is None or self.port is None:
+            raise TransportError("port is closed")
+        return self.fd
+
+    def read_nowait(self) -> bytes:
+        """What the port holds now, from its descriptor; b"" when nothing is there."""
+        fd = self.fd
+        if fd is None or self.port is None:
+            raise TransportError("port is closed")
+        try:
+            data = os.read(fd, RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError as exc:  # EIO: a pty whose far end closed; a USB adapter pulled out
+            raise TransportError(f"read failed: {exc.strerror or exc}") from None
+        if not data:
+            raise TransportError("device reports readiness to read but returned no data (disconnected?)")
+        return data
+
+    def try_write(self, data: bytes) -> int:
+        fd = self.fd
+        if fd is None or self.port is None:
+            raise TransportError("port is closed")
+        try:
+            return os.write(fd, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return 0
+            raise TransportError(f"write failed: {exc.strerror or exc}") from None
+
+    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
         port = self.port
         if port is None:
             raise TransportError("port is closed")
         try:
             if self.fd is not None:
-                ready, _, _ = select.select([self.fd], [], [], READ_TIMEOUT)
-                return port.read(RECV_SIZE) if ready else b""
+                poller = select.poll()
+                poller.register(self.fd, select.POLLIN)
+                if not poller.poll((READ_TIMEOUT if timeout is None else timeout) * 1000):
+                    return b""
+                return self.read_nowait()
             # loop://, rfc2217://: one byte (blocking up to the timeout), then the rest.
             data = port.read(1)
             if data:
@@ -112,12 +163,31 @@ class SerialTransport(Transport):
         port = self.port
         if port is None:
             raise TransportError("port is closed")
+        if self.fd is not None:
+            self._write_fd(data)
+            return
         try:
             port.write(data)
         except serial.SerialTimeoutException:
             raise WriteTimeout(f"device did not take the line within {WRITE_TIMEOUT:g} s") from None
         except (serial.SerialException, OSError) as exc:
             raise TransportError(str(exc) or type(exc).__name__) from None
+
+    def _write_fd(self, data: bytes) -> None:
+        """All of `data` through the descriptor, waiting with poll() at most WRITE_TIMEOUT
+        for the port to take each part."""
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        while view:
+            sent = self.try_write(view)
+            if sent:
+                view = view[sent:]
+            elif not poller.poll(WRITE_TIMEOUT * 1000):
+                raise WriteTimeout(f"device did not take the line within {WRITE_TIMEOUT:g} s")
+
+    def wakeup(self) -> None:
+        self.cancel()
 
     def cancel(self) -> None:
         port = self.port

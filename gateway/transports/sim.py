@@ -1,7 +1,8 @@
 """`sim://`: the simulated device, in process, behind the same interface as a real one.
 
 No thread of its own: `read()` waits for answers to lines written, or for the next
-periodic telemetry line, whichever comes first. `GO N` bursts are produced lazily, a
+periodic telemetry line, whichever comes first; with `timeout=None` it waits for
+nothing else (an idle simulator wakes its device thread only for its telemetry). `GO N` bursts are produced lazily, a
 chunk per read, so a large N costs no memory. The device's end of the link (faults,
 pacing, replay) is gateway/simulator/link.py; this module only waits and hands bytes over.
 
@@ -32,6 +33,8 @@ OPTIONS = ("interval", "baud", "faults", "replay", "speed")
 
 
 class SimTransport(Transport):
+    wakes_up = True
+
     def __init__(self, url: SplitResult, options: dict[str, str]):
         super().__init__(url, options)
         if url.netloc or url.path not in ("", "/"):
@@ -61,6 +64,7 @@ class SimTransport(Transport):
         self._cond = threading.Condition()
         self.link: Link | None = None
         self._down_until = 0.0  # after FAULT DROP SECONDS: open() fails until then
+        self._woken = False  # wakeup() or cancel() since the last read (under _cond)
 
     @property
     def device(self) -> SimulatedDevice | None:
@@ -80,8 +84,8 @@ class SimTransport(Transport):
                     raise TransportError(f"cannot replay: {replay.error}")
             self.link = Link(SimulatedDevice(self.interval), baud=self.baud, schedule=self.schedule, replay=replay)
 
-    def read(self) -> bytes:
-        deadline = time.monotonic() + READ_TIMEOUT
+    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 link = self.link
@@ -96,11 +100,17 @@ class SimTransport(Transport):
                 if link.dropped:
                     self._down_until = time.monotonic() + link.down_for
                     raise TransportError("the simulated link dropped (FAULT DROP)")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if self._woken:
+                    self._woken = False
+                    return b""
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     return b""
                 wait = link.wait()
-                self._cond.wait(remaining if wait is None else min(remaining, wait))
+                if wait is None:
+                    self._cond.wait(remaining)
+                else:
+                    self._cond.wait(wait if remaining is None else min(remaining, wait))
 
     def write(self, data: bytes) -> None:
         with self._cond:
@@ -114,6 +124,7 @@ class SimTransport(Transport):
 
     def cancel(self) -> None:
         with self._cond:
+            self._woken = True
             self._cond.notify_all()
 
     def close(self) -> None:
