@@ -21,11 +21,12 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 
 from . import transports
 from .client import Client, Options
-from .config import Config
+from .config import Config, DeviceConfig
 from .device import DeviceLink
 from .hub import Hub
 from .manager import Manager
@@ -72,10 +73,13 @@ class Gateway:
         self.manager = Manager()
         self.workers = Workers("device-open", 4)
         self.links: dict[str, DeviceLink] = {}
+        # Watchers of devices added, removed or changing state, called on the loop with
+        # {"type": "device", "event": ..., "device": NAME, "state": ...}: they only queue.
+        self.device_watchers: list[Callable[[dict], None]] = []
+        self._devices_lock = threading.Lock()  # serialises add/remove/update_device
+        self.sinks = []
         for dev in config.devices:
-            hub = Hub(dev.name, self.run_id, dev.history)
-            self.links[dev.name] = DeviceLink(dev, hub, transports.create(dev.url),
-                                              loop=self.manager, workers=self.workers)
+            self.links[dev.name] = self._new_link(dev)
         self.sinks = build_sinks(self)
         for link in self.links.values():
             link.hub.listeners.extend(self.sinks)
@@ -157,6 +161,89 @@ class Gateway:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+    # -- devices at run time (any thread) ----------------------------------------------
+    #
+    # `links` is replaced, never changed in place, so a thread that reads it (a request,
+    # /metrics) sees one whole version.
+
+    def _new_link(self, dev: DeviceConfig, hub: Hub | None = None) -> DeviceLink:
+        if hub is None:
+            hub = Hub(dev.name, self.run_id, dev.history)
+            hub.listeners.extend(self.sinks)
+        return DeviceLink(dev, hub, transports.create(dev.url), on_state=self._link_state,
+                          loop=self.manager, workers=self.workers)
+
+    def add_device(self, dev: DeviceConfig) -> DeviceLink:
+        """Add a device and start opening it; ValueError when the name is taken (or the
+        URL is bad: transports.create checks it)."""
+        with self._devices_lock:
+            if dev.name in self.links:
+                raise ValueError(f"device {dev.name!r} exists")
+            link = self._new_link(dev)
+            self.links = {**self.links, dev.name: link}
+        link.start()
+        self._emit({"type": "device", "event": "added", "device": dev.name, "state": link.state.value})
+        return link
+
+    def remove_device(self, name: str, timeout: float = 5.0) -> None:
+        """Close a device and forget it; its clients get a "removed" status (json) and
+        close code 1001. KeyError when there is no such device."""
+        with self._devices_lock:
+            link = self.links[name]
+            self.links = {k: v for k, v in self.links.items() if k != name}
+        link.stop(timeout)
+        done = threading.Event()
+        if self.manager.call(lambda: (self._drop_clients(link), done.set())):
+            done.wait(timeout)
+        self._emit({"type": "device", "event": "removed", "device": name})
+
+    def update_device(self, name: str, dev: DeviceConfig, timeout: float = 5.0) -> DeviceLink:
+        """Close the device and open it again with `dev` (the same name: a baud rate
+        changed, say). Its clients stay connected and see the state change; its history
+        and line numbers go on. KeyError when there is no such device."""
+        if dev.name != name:
+            raise ValueError(f"a device keeps its name: {name!r}, not {dev.name!r}")
+        with self._devices_lock:
+            old = self.links[name]
+            old.stop(timeout)
+            link = self._new_link(dev, old.hub)
+            self.links = {**self.links, name: link}
+            done = threading.Event()
+            if self.manager.call(lambda: (self._relink_clients(old, link), done.set())):
+                done.wait(timeout)
+        link.start()
+        return link
+
+    def _drop_clients(self, link: DeviceLink) -> None:
+        """Loop: the device is gone; so are its clients."""
+        for sub in link.hub.subscribers():
+            if sub.fmt == "json":
+                sub.send_json({"type": "status", "device": link.name, "state": "removed"})
+            if sub.outbox is not None:
+                sub.outbox.close(1001, "device removed")
+
+    def _relink_clients(self, old: DeviceLink, link: DeviceLink) -> None:
+        """Loop: the clients of `old` write to `link` from now on."""
+        for sub in old.hub.subscribers():
+            sub.relink(link)
+        if old.full_clients:
+            link.full_clients = old.full_clients
+
+    def _link_state(self, link: DeviceLink, state) -> None:
+        self._emit({"type": "device", "event": "state", "device": link.name, "state": state.value})
+
+    def _emit(self, event: dict) -> None:
+        if not self.device_watchers:
+            return
+        if not self.manager.in_loop():
+            self.manager.call(self._emit, event)
+            return
+        for watch in self.device_watchers:
+            try:
+                watch(event)
+            except Exception:
+                log.exception("device watcher failed")
 
     # -- clients ----------------------------------------------------------------------
 

@@ -53,10 +53,15 @@ class Client:
         self.lines_in = 0
         self.rate = RateLimit(lines_per_second) if lines_per_second > 0 else None
         self.dropped = False  # closed by the gateway: what it still sent is ignored
+        self.relink(link)
+
+    def relink(self, link: DeviceLink) -> None:
+        """Write to `link` from now on (the device was reopened with other settings)."""
+        self.link = link
         cfg = link.config
         # The common case of text mode, taken without decoding: a control client, a
         # device with no allowlist and an ASCII-compatible encoding.
-        self._plain_text = (options.fmt == "text" and options.role == "control" and not link.allow
+        self._plain_text = (self.options.fmt == "text" and self.options.role == "control" and not link.allow
                             and cfg.encoding.lower() in ASCII_ENCODINGS)
 
     def __repr__(self) -> str:

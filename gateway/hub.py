@@ -178,6 +178,10 @@ class Hub:
             gap = {"reason": "lines dropped from history", "from": since + 1, "to": first_held - 1}
         return [rec for rec in held if rec.seq > since], gap
 
+    def subscribers(self) -> list[Subscriber]:
+        with self.lock:
+            return [sub for subs in self._subs.values() for sub in subs]
+
     def detach(self, sub: Subscriber) -> None:
         with self.lock:
             try:

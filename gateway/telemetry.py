@@ -13,6 +13,8 @@ import re
 
 Value = float | int | bool | str
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _PAIR = re.compile(r"\s*([A-Za-z_][\w.\-/]*)\s*[=:]\s*(\"[^\"]*\"|[^\s,]*)\s*(?:,|\s|$)")
 
 
@@ -24,14 +26,13 @@ def _scalar(text: str) -> Value:
         return True
     if low in ("false", "off"):
         return False
-    try:
+    # ASCII digits only: int() and float() also take "1_000" and Arabic-Indic digits,
+    # which no device means as a number.
+    if _INT.fullmatch(text):
         return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
+    if not _FLOAT.fullmatch(text):
         return text
+    value = float(text)
     return value if math.isfinite(value) else text
 
 

@@ -306,3 +306,65 @@ def test_a_failure_whose_cause_changed_is_logged_again(start_gateway, caplog, tm
     seen = link.failed_opens
     wait_for(lambda: link.failed_opens >= seen + 2, what="two more failed opens")
     assert caplog.text.count("cannot open") == 2, caplog.text
+
+
+# -- devices at run time (the API under issue 13's HTTP routes and issue 16's reload) -------
+
+
+def test_devices_added_updated_and_removed_at_run_time(start_gateway, tcp_device):
+    import threading as _threading
+
+    from gateway.config import DeviceConfig
+
+    first, second = tcp_device(), tcp_device()
+    gw = start_gateway(devices=["sim=sim://?interval=0"])
+    events = []
+    gw.device_watchers.append(events.append)
+
+    link = gw.add_device(DeviceConfig(name="dev", url=first.url))
+    with pytest.raises(ValueError, match="exists"):
+        gw.add_device(DeviceConfig(name="dev", url=first.url))
+    assert link.wait_connected(5)
+    ws = websocket.create_connection(ws_url(gw, "dev", format="json"), timeout=5)
+    assert recv_json(ws)["type"] == "hello"
+    ws.send(json.dumps({"line": "ONE", "id": 1}))
+    msgs = [recv_json(ws), recv_json(ws)]
+    assert {"type": "ack", "id": 1} in msgs and any(m.get("line") == "ONE" and m["seq"] == 1 for m in msgs)
+
+    # Reopened on another device: the client stays, sees the states, numbering goes on.
+    new = gw.update_device("dev", DeviceConfig(name="dev", url=second.url))
+    assert new.wait_connected(5) and gw.links["dev"] is new
+    states = []
+    while "connected" not in states:
+        msg = recv_json(ws)
+        if msg["type"] == "status":
+            states.append(msg["state"])
+    ws.send(json.dumps({"line": "TWO", "id": 2}))
+    msgs = [recv_json(ws), recv_json(ws)]
+    assert any(m.get("line") == "TWO" and m["seq"] == 2 for m in msgs)
+    wait_for(lambda: second.got() == b"TWO\n", what="the line on the new device")
+    assert first.got() == b"ONE\n"
+
+    # Removed: its clients hear so and are closed with 1001; nothing of it is left.
+    gw.remove_device("dev")
+    seen = []
+    while True:
+        frame = ws.recv_frame()
+        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+            assert struct.unpack("!H", frame.data[:2])[0] == 1001
+            break
+        seen.append(json.loads(frame.data))
+    assert seen[-1] == {"type": "status", "device": "dev", "state": "removed"}
+    assert "dev" not in gw.links
+    with pytest.raises(KeyError):
+        gw.remove_device("dev")
+    kinds = [(e["event"], e.get("state")) for e in events]
+    assert kinds[0] == ("added", "disconnected") and ("removed", None) in kinds and ("state", "connected") in kinds
+
+    # A device with a thread of its own (sim://) leaves no thread behind.
+    gw.add_device(DeviceConfig(name="sim2", url="sim://?interval=0"))
+    assert gw.links["sim2"].wait_connected(5)
+    assert "device:sim2" in [t.name for t in _threading.enumerate()]
+    gw.remove_device("sim2")
+    assert "device:sim2" not in [t.name for t in _threading.enumerate()]
+    ws.shutdown()

@@ -98,8 +98,20 @@ def gateway(start_gateway, caplog):
     (frame(0x1, b"x" * 3000, fin=False) + frame(0x0, b"y" * 3000), 1009),  # over it in fragments
     (frame(0x0, b"orphan"), 1002),  # a continuation with nothing to continue
     (frame(0x1, b"a", fin=False) + frame(0x1, b"b"), 1002),  # a new message inside a fragmented one
+    # Close frames RFC 6455 forbids (5.5.1, 7.4): answered with a close frame 1002, not a hang-up.
+    (frame(0x8, b"\x03"), 1002),  # a 1-byte payload
+    (frame(0x8, struct.pack("!H", 999)), 1002),  # 0-999: not used
+    (frame(0x8, struct.pack("!H", 1004)), 1002),  # reserved
+    (frame(0x8, struct.pack("!H", 1005)), 1002),  # "no code": never on the wire
+    (frame(0x8, struct.pack("!H", 1006)), 1002),  # "abnormal": never on the wire
+    (frame(0x8, struct.pack("!H", 1015)), 1002),  # "TLS failure": never on the wire
+    (frame(0x8, struct.pack("!H", 1016)), 1002),  # 1016-2999 unassigned
+    (frame(0x8, struct.pack("!H", 2999)), 1002),
+    (frame(0x8, struct.pack("!H", 1000) + b"\xff"), 1007),  # a reason that is not UTF-8
 ], ids=["unmasked", "rsv", "opcode-3", "opcode-B", "fragmented-ping", "long-ping", "bad-utf8", "cut-utf8",
-        "2^62", "oversize", "oversize-fragments", "orphan-continuation", "nested-message"])
+        "2^62", "oversize", "oversize-fragments", "orphan-continuation", "nested-message",
+        "close-1-byte", "close-999", "close-1004", "close-1005", "close-1006", "close-1015", "close-1016",
+        "close-2999", "close-bad-reason"])
 def test_malformed_frames_are_closed_with_the_right_code(gateway, caplog, data, code):
     sock = raw_client(gateway)
     address = "%s:%d" % sock.getsockname()

@@ -34,3 +34,10 @@ def test_metrics_keep_numbers_and_booleans():
 
 def test_non_finite_json_numbers_are_not_metrics():
     assert parse('{"a": NaN, "b": 1}') == {"b": 1}
+
+
+def test_numbers_are_ascii_digits_only():
+    from gateway.telemetry import parse
+
+    assert parse("a=12 b=-3 c=1.5e3 d=.5 e=1_000 f=\u0661\u0662 g=\uff11 h=nan") == {
+        "a": 12, "b": -3, "c": 1500.0, "d": 0.5, "e": "1_000", "f": "\u0661\u0662", "g": "\uff11", "h": "nan"}

@@ -149,3 +149,86 @@ def test_a_new_message_after_a_completed_one_that_was_cleared():
     parser.stream.message = None
     parser.send(frame(0x1, b"b", fin=False) + frame(0x0, b"c"))
     assert parser.stream.message.data == b"bc" and parser.stream.errors == []
+
+
+# == Manager, handshake, WebSocket (gateway/manager.py, gateway/wsadapter.py, server.py) ======
+
+
+def test_websocket_manager_is_a_thread_with_an_epoll_poller_and_a_table():
+    import select
+    import threading
+
+    from ws4py.manager import EPollPoller, WebSocketManager
+
+    m = WebSocketManager()
+    try:
+        assert isinstance(m, threading.Thread)
+        assert isinstance(m.poller, EPollPoller)
+        assert isinstance(m.poller.poller, select.epoll)  # Manager registers its own fds on it
+        assert m.websockets == {} and m.running is False
+        assert hasattr(m.lock, "acquire")
+        assert len(m) == 0 and list(iter(m)) == []
+    finally:
+        m.poller.release()
+
+
+def test_the_wsgi_server_hands_a_new_websocket_to_manager_add():
+    """After the 101, ws4py's handler calls server.link_websocket_to_server(ws), which
+    calls server.manager.add(ws): Manager.add() is where the loop takes the socket over."""
+    from ws4py.server.wsgirefserver import WebSocketWSGIHandler, WSGIServer
+
+    added = []
+
+    class FakeManager:
+        def add(self, ws):
+            added.append(ws)
+
+    server = WSGIServer.__new__(WSGIServer)  # not bound: only the method is under test
+    server.manager = FakeManager()
+    server.link_websocket_to_server("ws")
+    assert added == ["ws"]
+    import inspect
+
+    assert "link_websocket_to_server" in inspect.getsource(WebSocketWSGIHandler.finish_response)
+
+
+def test_the_wsgi_application_builds_the_handler_class_with_sock_protocols_extensions_environ():
+    from ws4py.server.wsgiutils import WebSocketWSGIApplication
+
+    made = []
+
+    class Handler:
+        def __init__(self, sock, protocols, extensions, environ):
+            made.append((sock, protocols, extensions, environ))
+
+    app = WebSocketWSGIApplication(protocols=["json"], handler_cls=Handler)
+    environ = {"gateway.client": "c"}
+    ws = app.make_websocket("sock", ["json"], [], environ)
+    assert environ["ws4py.websocket"] is ws
+    assert made == [("sock", ["json"], [], {"gateway.client": "c"})]  # a copy of the environ
+
+
+def test_websocket_init_sets_the_attributes_the_adapter_uses():
+    import socket
+
+    from ws4py.websocket import WebSocket
+
+    a, b = socket.socketpair()
+    try:
+        ws = WebSocket(a, protocols=["json"], extensions=[], environ={"k": 1})
+        assert ws.sock is a and ws.protocols == ["json"] and ws.environ == {"k": 1}
+        assert isinstance(ws.stream, streaming.Stream)  # replaced by None: wsframes parses
+    finally:
+        a.close()
+        b.close()
+
+
+def test_wsgiref_server_close_would_close_all_through_the_manager():
+    """Gateway.shutdown() deletes server.manager before server_close(): ws4py's would
+    otherwise call manager.close_all() (blocking sends) and join the loop again."""
+    import inspect
+
+    from ws4py.server.wsgirefserver import WSGIServer
+
+    source = inspect.getsource(WSGIServer.server_close)
+    assert "hasattr(self, 'manager')" in source and "close_all" in source

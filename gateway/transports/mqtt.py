@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote
 
+from ..counts import parse_count
 from .base import READ_TIMEOUT, NotConnectedYet, Transport, TransportError, WriteTimeout
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,10 @@ class MqttTransport(Transport):
                     raise ValueError(f"status must be 'require' or 'ignore', not {value!r}")
                 self.require_status = value == "require"
             elif key == "keepalive":
-                if not value.isdigit() or not 5 <= int(value) <= 3600:
-                    raise ValueError(f"keepalive must be 5 to 3600 seconds, not {value!r}")
-                self.keepalive = int(value)
+                try:
+                    self.keepalive = parse_count(value, 5, 3600)
+                except ValueError:
+                    raise ValueError(f"keepalive must be 5 to 3600 seconds, not {value!r}") from None
             else:
                 raise ValueError(f"unknown mqtt option {key!r} (known: status, keepalive)")
         base = f"{self.prefix}/{self.name}"

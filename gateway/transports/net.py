@@ -18,6 +18,7 @@ import socket
 import struct
 from urllib.parse import SplitResult
 
+from ..counts import parse_count
 from .base import OPEN_TIMEOUT, READ_TIMEOUT, NotConnectedYet, Transport, TransportError
 
 RECV_SIZE = 65536
@@ -41,9 +42,13 @@ def host_port(url: SplitResult, what: str = "HOST:PORT") -> tuple[str, int]:
 
 def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    try:
+        number = parse_count(port, 0, 65535)
+    except ValueError:
+        number = None
+    if not sep or not host or number is None:
         raise ValueError(f"expected HOST:PORT, not {text!r}")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), number
 
 
 def _no_options(url: SplitResult, options: dict[str, str], allowed=()) -> None:

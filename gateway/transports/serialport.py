@@ -22,6 +22,7 @@ from urllib.parse import SplitResult
 
 import serial
 
+from ..counts import parse_count
 from .base import READ_TIMEOUT, Transport, TransportError, WriteTimeout
 
 RECV_SIZE = 65536
@@ -36,9 +37,10 @@ def _serial_settings(options: dict[str, str]) -> dict:
     settings: dict = {}
     for key, value in options.items():
         if key == "baudrate":
-            if not value.isdigit() or int(value) <= 0:
-                raise ValueError(f"baudrate must be a positive whole number, not {value!r}")
-            settings[key] = int(value)
+            try:
+                settings[key] = parse_count(value, 1)
+            except ValueError:
+                raise ValueError(f"baudrate must be a positive whole number, not {value!r}") from None
         elif key == "bytesize":
             if value not in ("5", "6", "7", "8"):
                 raise ValueError(f"bytesize must be 5, 6, 7 or 8, not {value!r}")
