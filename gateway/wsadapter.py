@@ -177,7 +177,9 @@ class ClientSocket(WebSocket):
                 return
             if sent < len(data):
                 self.tail = data[sent:]
-                self.tail_frames = count
+                # Frames still (partly) unsent, in proportion: counting the whole batch
+                # would make a client that keeps reading look full (flow control).
+                self.tail_frames = max(1, -(-count * len(self.tail) // len(data)))
                 if not self.watching_out:
                     self.watching_out = True
                     self.loop.modify(self.fd, EPOLLIN | EPOLLOUT)
