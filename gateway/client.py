@@ -59,6 +59,7 @@ class Client:
         """Write to `link` from now on (the device was reopened with other settings)."""
         self.link = link
         cfg = link.config
+        self._eol = cfg.eol_bytes
         # The common case of text mode, taken without decoding: a control client, a
         # device with no allowlist and an ASCII-compatible encoding.
         self._plain_text = (self.options.fmt == "text" and self.options.role == "control" and not link.allow
@@ -80,12 +81,16 @@ class Client:
     # -- to the client ----------------------------------------------------------------
 
     def deliver(self, items: list[bytes]) -> None:
+        """Device lines (the hub): sent at once when nothing waits before them."""
         ob = self.outbox
         if ob is not None:
-            ob.put_many(items)
+            ob.send_frames(items, True)
 
     def send_json(self, msg: dict) -> None:
-        self.deliver([frames.text(json.dumps(msg, separators=(",", ":")))])
+        """Acks, errors, replies, pongs: sent with the rest of the loop round's frames."""
+        ob = self.outbox
+        if ob is not None:
+            ob.send_frames([frames.text(json.dumps(msg, separators=(",", ":")))])
 
     def acked(self, request: WriteRequest) -> None:
         if self.fmt == "json" and request.id is not None:
@@ -117,7 +122,11 @@ class Client:
             return
         if self._plain_text and not is_binary and len(data) <= self.link.config.max_line \
                 and not NOT_PRINTABLE_ASCII.search(data):
-            self._submit(WriteRequest(bytes(data) + self.link.config.eol_bytes))
+            line = bytes(data) + self._eol
+            if alone and self.rate is None and self.link.write_now(line):
+                self.lines_in += 1  # the only line of its read: written at once
+                return
+            self._submit(WriteRequest(line))
             return
         if self.fmt == "json" and not is_binary and data.startswith(b'{"type"'):
             if self._on_control(data):

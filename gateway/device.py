@@ -140,6 +140,7 @@ class DeviceLink:
         self._flow = getattr(transport, "flow_control", False)
         self._pollable = transport.pollable
         self._batch = NET_BATCH_BYTES if getattr(transport, "flow_control", False) else BATCH_BYTES
+        self._datagrams = transport.message_oriented
         self._single = transport.message_oriented or bool(config.pace_ms)
         self._thread = None if self._pollable else DeviceThread(self)
 
@@ -374,6 +375,15 @@ class DeviceLink:
         self._events = 0
 
     def on_io(self, events: int) -> None:
+        if events == EPOLLIN and self.phase is Phase.UP and not self._paused:  # the usual case
+            try:
+                data = self.transport.read_nowait()
+            except TransportError as exc:
+                self._lost(exc)
+                return
+            if data:
+                self._deliver(data)
+            return
         if self.phase is Phase.CONNECTING:
             self._connect_done()
             return
@@ -395,7 +405,7 @@ class DeviceLink:
     def _deliver(self, data: bytes) -> None:
         self.counters.bytes_in += len(data)
         lines = self.decoder.feed(data)
-        if self.transport.message_oriented:
+        if self._datagrams:
             lines += self.decoder.flush()
         try:
             self._publish(data, lines)
@@ -461,6 +471,27 @@ class DeviceLink:
         if not self.dirty:
             self.loop.mark_dirty(self)
         return None
+
+    def write_now(self, data: bytes) -> bool:
+        """Loop: write one plain line at once when nothing waits before it (a client's
+        only line in its read: the ping-pong case), skipping the queue; False: submit()
+        it instead."""
+        if self._queue or self._inflight is not None or self._awaiting is not None \
+                or self._pace_timer is not None or self.phase is not Phase.UP or not self._pollable:
+            return False
+        try:
+            sent = self.transport.try_write(data)
+        except TransportError as exc:
+            self._lost(exc)
+            return False  # submit() now finds the device reconnecting and says so
+        self.counters.bytes_out += sent
+        if sent < len(data):
+            self._inflight = [WriteRequest(data)]
+            self._tail = data[sent:]
+            self._update_events()
+            return True
+        self.counters.lines_out += 1
+        return True
 
     def _submit_later(self, request: WriteRequest) -> None:
         error = self.submit(request)

@@ -95,6 +95,7 @@ class Manager(WebSocketManager):
         self._stopping = False
         self._stop_deadline = 0.0
         self._on_stop: list[Callable[[], None]] = []
+        self._ident = -1  # the loop thread's, once it runs
         self.stats = LoopStats()
 
     # -- any thread -------------------------------------------------------------------
@@ -113,7 +114,7 @@ class Manager(WebSocketManager):
         return True
 
     def in_loop(self) -> bool:
-        return threading.get_ident() == self.ident
+        return threading.get_ident() == self._ident
 
     def add(self, websocket) -> None:
         """ws4py's HTTP thread, after the 101: the socket is the loop's from here."""
@@ -207,6 +208,7 @@ class Manager(WebSocketManager):
         super().start()
 
     def run(self) -> None:
+        self._ident = threading.get_ident()
         try:
             self._loop()
         except Exception:
@@ -230,11 +232,14 @@ class Manager(WebSocketManager):
         calls = self._calls
         timers = self._timers
         wake_r = self._wake_r
+        monotonic = time.monotonic
         while True:
             if calls or self._dirty:
                 timeout = 0
             elif timers:
-                timeout = max(0.0, timers[0][0] - time.monotonic())
+                timeout = timers[0][0] - monotonic()
+                if timeout < 0:
+                    timeout = 0
             else:
                 timeout = -1
             if self._stopping:
@@ -246,13 +251,12 @@ class Manager(WebSocketManager):
             except InterruptedError:
                 continue
             for fd, ev in events:
-                ws = sockets.get(fd)
-                if ws is not None:
-                    self._guard(ws.on_io, (ev,))
-                    continue
-                handler = handlers.get(fd)
+                handler = sockets.get(fd) or handlers.get(fd)
                 if handler is not None:
-                    self._guard(handler.on_io, (ev,))
+                    try:
+                        handler.on_io(ev)
+                    except Exception:
+                        log.exception("error in %r on the I/O loop", handler)
                 elif fd == wake_r:
                     try:
                         while os.read(wake_r, 4096):
@@ -265,21 +269,24 @@ class Manager(WebSocketManager):
                     # here, and leave it set with no byte: the next call() would then
                     # not wake the loop.
                     self._signalled = False
-            for _ in range(len(calls)):
-                fn, args = calls.popleft()
-                self._guard(fn, args)
-            if timers and timers[0][0] <= time.monotonic():
-                now = time.monotonic()
+            if calls:
+                for _ in range(len(calls)):
+                    fn, args = calls.popleft()
+                    self._guard(fn, args)
+            if timers and timers[0][0] <= (now := monotonic()):
                 while timers and timers[0][0] <= now:
                     timer = heapq.heappop(timers)[2]
                     if not timer.cancelled:
                         self._guard(timer.fn, timer.args)
             dirty = self._dirty
-            while dirty:
+            while dirty:  # usually empty: writes went out at once
                 self._dirty = []
                 for obj in dirty:
                     obj.dirty = False
-                    self._guard(obj.flush, ())
+                    try:
+                        obj.flush()
+                    except Exception:
+                        log.exception("error in %r's flush on the I/O loop", obj)
                 dirty = self._dirty
 
     @staticmethod

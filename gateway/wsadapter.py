@@ -125,11 +125,16 @@ class ClientSocket(WebSocket):
     def queued(self) -> int:
         return len(self.frames) + self.tail_frames
 
-    def send_frames(self, items: list[bytes]) -> bool:
-        """Queue frames for this round's send; False when closing or just overflowed."""
+    def send_frames(self, items: list[bytes], now: bool = False) -> bool:
+        """Queue frames for this round's send (`now`: send them at once when nothing
+        waits before them: a device line, which is one send per client per read
+        anyway); False when closing or just overflowed."""
         if self.state is not ConnState.OPEN:
             return False
         frames_ = self.frames
+        if now and not frames_ and not self.tail:
+            self._send_now(items)
+            return True
         if len(frames_) + self.tail_frames + len(items) > self.limit:
             self.overflow = True
             self.loop.stats.overflows += 1
@@ -144,8 +149,25 @@ class ClientSocket(WebSocket):
             self.loop.mark_dirty(self)
         return True
 
-    # The names the client protocol uses (gateway/client.py).
-    put_many = send_frames
+    def _send_now(self, items: list[bytes]) -> None:
+        data = items[0] if len(items) == 1 else b"".join(items)
+        self.loop.stats.frames_sent += len(items)
+        try:
+            sent = self.sock.send(data)
+        except _RETRY:
+            sent = 0
+        except (OSError, ValueError) as exc:
+            log.info("client %s: send failed: %s", self.label, exc)
+            self._close()
+            return
+        if sent == len(data):
+            return
+        self.tail = data[sent:]
+        self.tail_frames = max(1, -(-len(items) * len(self.tail) // len(data)))
+        self.watching_out = True
+        self.loop.modify(self.fd, EPOLLIN | EPOLLOUT)
+        if self.tail_frames >= self.high:
+            self._set_full(True)
 
     def flush(self) -> None:
         """Send what is queued, without blocking; keep the unsent tail."""
@@ -197,6 +219,9 @@ class ClientSocket(WebSocket):
     # -- reading (loop thread) -----------------------------------------------------------
 
     def on_io(self, events: int) -> None:
+        if events == EPOLLIN:  # the usual case
+            self._read()
+            return
         if events & EPOLLOUT and self.state is not ConnState.CLOSED:
             self.flush()
         if events & ~EPOLLOUT and self.state is not ConnState.CLOSED:
@@ -222,6 +247,15 @@ class ClientSocket(WebSocket):
         if reader.closed:
             return  # after a close or a failure: read on until the peer closes
         events = reader.feed(data)
+        if len(events) == 1 and type(events[0]) is Message and self.state is ConnState.OPEN:
+            # One message, the whole read (unless part of a next frame came too).
+            ev = events[0]
+            try:
+                self.client.on_message(ev.data, ev.binary, not reader.buffered)
+            except Exception:
+                log.exception("client %s: message handling failed", self.label)
+                self.client.error(None, "internal error")
+            return
         alone = len(events) == 1 and not reader.buffered
         for ev in events:
             kind = type(ev)

@@ -358,6 +358,7 @@ def test_devices_added_updated_and_removed_at_run_time(start_gateway, tcp_device
     assert "dev" not in gw.links
     with pytest.raises(KeyError):
         gw.remove_device("dev")
+    wait_for(lambda: any(e["event"] == "removed" for e in events), what="the removed event")
     kinds = [(e["event"], e.get("state")) for e in events]
     assert kinds[0] == ("added", "disconnected") and ("removed", None) in kinds and ("state", "connected") in kinds
 

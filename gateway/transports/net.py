@@ -88,7 +88,18 @@ class StreamSocketTransport(Transport):
         return self._read(0)
 
     def read_nowait(self) -> bytes:
-        return self._read(socket.MSG_DONTWAIT)
+        sock = self.sock
+        if sock is None:
+            raise TransportError("socket is closed")
+        try:
+            data = sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError as exc:
+            raise TransportError(f"read failed: {exc}") from None
+        if not data:
+            raise TransportError("device closed the connection")
+        return data
 
     def _read(self, flags: int) -> bytes:
         sock = self.sock
