@@ -4,13 +4,13 @@ stopped together.
     with Gateway(config) as gw:      # start() ... shutdown()
         print(gw.url)
 
-Threads it owns, all named and joined with a deadline on shutdown: the HTTP server's
-accept loop ("http-accept"), one per request in progress ("http:ADDR"), the I/O loop
+Threads it owns, all named and joined with a deadline on shutdown: the I/O loop
 ("WebSocketManager", gateway/manager.py: ws4py's manager thread, which owns every client
-socket and every device descriptor), the workers that open devices ("device-open-N",
-started when first needed), one per device without a descriptor ("device:NAME": sim://,
-mqtt://, pyserial's socket://, rfc2217://, loop://), and the sinks' ("mqtt-sink" with
-paho's "paho-mqtt-client-<client_id>-NAME", "recorder").
+socket, every device descriptor and the listening socket), one per HTTP request in
+progress ("http:ADDR", ending once it is answered or upgraded), the workers that open
+devices ("device-open-N", started when first needed), one per device without a
+descriptor ("device:NAME": sim://, mqtt://, pyserial's socket://, rfc2217://, loop://),
+and the sinks' ("mqtt-sink" with paho's "paho-mqtt-client-<client_id>-NAME", "recorder").
 """
 
 from __future__ import annotations
@@ -84,7 +84,6 @@ class Gateway:
         for link in self.links.values():
             link.hub.listeners.extend(self.sinks)
         self.server: HTTPServer | None = None
-        self._accept_thread: threading.Thread | None = None
         self._ids = itertools.count(1)
         self._sockets_lock = threading.Lock()
         self._sockets: set[ClientSocket] = set()
@@ -107,10 +106,10 @@ class Gateway:
             sink.start()
         for link in self.links.values():
             link.start()
-        self._accept_thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-accept"
-        )
-        self._accept_thread.start()
+        # The listening socket is the loop's too: it accepts, and an HTTP thread takes the
+        # request (no thread polling for connections).
+        self.server.socket.setblocking(False)
+        self.manager.call(self.manager.register, self.server.socket.fileno(), _Acceptor(self.server))
         self.started_at = time.time()
         return self
 
@@ -136,9 +135,9 @@ class Gateway:
         def left() -> float:
             return max(0.1, deadline - time.monotonic())
 
-        self.server.shutdown()  # stops serve_forever
-        if self._accept_thread is not None:
-            self._accept_thread.join(left())
+        stopped = threading.Event()  # no new connections from here
+        if self.manager.call(lambda: (self.manager.unregister(self.server.socket.fileno()), stopped.set())):
+            stopped.wait(left())
         self.server.close_requests(left())
         # The loop fails what waits for the devices, closes them, sends every client
         # 1001 and ends once they answered, within a second or what is left.
@@ -293,3 +292,29 @@ class Gateway:
                 "run": self.run_id,
             })
         return out
+
+
+class _Acceptor:
+    """The HTTP server's listening socket, on the loop: accept, and hand the request to
+    a thread of its own (HTTPServer.process_request), as socketserver's loop would."""
+
+    __slots__ = ("server",)
+
+    def __init__(self, server: HTTPServer):
+        self.server = server
+
+    def on_io(self, events: int) -> None:
+        server = self.server
+        try:
+            request, address = server.get_request()
+        except OSError:  # nothing to accept after all, or the client gave up
+            return
+        if not server.verify_request(request, address):
+            server.shutdown_request(request)
+            return
+        try:
+            server.process_request(request, address)
+        except Exception:
+            server.handle_error(request, address)
+            server.shutdown_request(request)
+

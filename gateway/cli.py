@@ -10,7 +10,7 @@ import signal
 import socket
 import ssl
 import sys
-import threading
+import os
 from urllib.parse import quote
 
 from . import __version__
@@ -115,6 +115,27 @@ def page_urls(gw) -> list[str]:
     return [f"{base}/{token_query(gw)}" for base in base_urls(gw)]
 
 
+class SignalPipe:
+    """The main thread sleeps in a read() until one of `signals` comes: Python's
+    wake-up fd writes each signal's number into a pipe, so the read returns even where a
+    lock wait would not be interrupted (under valgrind, say), and nothing polls."""
+
+    def __init__(self, signals):
+        self.signals = set(signals)
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        signal.set_wakeup_fd(self._w)
+        for sig in self.signals:
+            signal.signal(sig, lambda signum, frame: None)  # the byte in the pipe is the news
+
+    def wait(self) -> int:
+        """Block until one of the signals came; its number."""
+        while True:
+            for number in os.read(self._r, 64):
+                if number in self.signals:
+                    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -128,13 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import Gateway  # after the config is known good: imports ws4py
 
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signals = SignalPipe((signal.SIGINT, signal.SIGTERM))
     try:
         gw = Gateway(config).start()
     except ssl.SSLError as exc:
@@ -156,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, link in gw.links.items():
         print(f"device {name}: {masked(link.config.url)} -> {ws_base}/ws/{name}{token_query(gw)}", flush=True)
     try:
-        stop.wait()  # a signal wakes it: the handler runs on this thread, between waits
+        signals.wait()
     finally:
         log.info("shutting down")
         gw.shutdown()

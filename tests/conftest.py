@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import Config, LimitsConfig, ServerConfig, apply_flags
 
-GATEWAY_THREAD_PREFIXES = ("device:", "device-open", "WebSocketManager", "http:", "http-accept", "sim-",
+GATEWAY_THREAD_PREFIXES = ("device:", "device-open", "WebSocketManager", "http:", "sim-",
                            "mqtt-sink", "recorder", "paho-mqtt-client-gateway-")
 
 
