@@ -11,6 +11,7 @@ command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 [ -x /usr/bin/chromium ] || apt_packages+=(chromium fonts-dejavu-core)  # the page tests (Playwright)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)  # tests/test_mqtt.py
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)  # tests/test_metrics.py scrapes with a real one
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)  # tests/test_packaging.py: systemd-analyze verify
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "tests/run.sh: installing Debian packages: ${apt_packages[*]}"
   apt-get update -qq
