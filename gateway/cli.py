@@ -12,7 +12,6 @@ import signal
 import socket
 import ssl
 import sys
-import threading
 from urllib.parse import quote
 
 from . import __version__, reload, systemd
@@ -141,18 +140,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     setup_logging(args.log_level)
 
+    # The signals are taken with sigwait() on this thread, blocked on every other: the
+    # threads started from here on inherit the mask. (A Python handler runs only on the
+    # main thread between bytecodes, so a signal the kernel gave another thread would
+    # not wake a main thread blocked in Event.wait(): seen here as a lost SIGHUP.) They
+    # stay blocked to the end: a second Ctrl-C during the shutdown changes nothing.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    return serve(parser, args, config)
+
+
+SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def serve(parser, args, config) -> int:
     from .app import Gateway  # after the config is known good: imports ws4py
 
-    wake = threading.Event()
-    asked: list[int] = []  # signals to act on, in order: the handlers run on this thread
-
-    def on_signal(signum, frame):
-        asked.append(signum)
-        wake.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
     try:
         gw = Gateway(config).start()
     except ssl.SSLError as exc:
@@ -183,14 +185,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 advertiser = None
         systemd.Watchdog(gw.manager).start()
         systemd.notify(f"READY=1\nSTATUS=listening on {gw.url}")  # /healthz answers from here on
-        while True:
-            wake.wait()  # a signal wakes it: the handler runs on this thread, between waits
-            wake.clear()
-            while asked:
-                signum = asked.pop(0)
-                if signum != signal.SIGHUP:
-                    return 0
-                reload_config(gw, args, advertiser)
+        while signal.sigwait(SIGNALS) == signal.SIGHUP:
+            reload_config(gw, args, advertiser)
+        return 0
     finally:
         log.info("shutting down")
         systemd.notify("STOPPING=1")

@@ -21,6 +21,12 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+# pipx, for tests/test_packaging.py's `pipx install`, in a virtualenv of its own (see tests/requirements-pipx.txt).
+if [ ! -x .venv-pipx/bin/pipx ] || ! cmp -s tests/requirements-pipx.txt .venv-pipx/requirements-pipx.txt; then
+  rm -rf .venv-pipx && python3 -m venv .venv-pipx &&
+    .venv-pipx/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements-pipx.txt &&
+    cp tests/requirements-pipx.txt .venv-pipx/requirements-pipx.txt
+fi
 (cd examples && npm ci --no-audit --no-fund --loglevel=error)
 # The Autobahn TestSuite (tests/test_autobahn.py) runs on Python 2.7 only: pyenv's 2.7.18, in a
 # virtualenv of its own made by virtualenv 20.21.1 (requirements-dev.txt). Skipped when it is

@@ -127,6 +127,25 @@ def test_installed_gateway_serves_page_assets_and_examples_from_the_package(inst
         stop(proc)
 
 
+def test_pipx_install_gives_a_working_gateway(wheel, tmp_path):
+    pipx = ROOT / ".venv-pipx" / "bin" / "pipx"
+    if not pipx.exists():
+        pytest.fail(f"{pipx} is missing: tests/run.sh installs tests/requirements-pipx.txt there")
+    env = {**os.environ, "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin"),
+           "PIPX_MAN_DIR": str(tmp_path / "man"), "PIPX_DEFAULT_PYTHON": sys.executable}
+    out = subprocess.run([str(pipx), "install", str(wheel)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    version = subprocess.run([str(tmp_path / "bin" / "gateway"), "--version"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=30)
+    assert version.stdout == f"gateway {__version__}\n", version.stderr
+    proc, url = start([str(tmp_path / "bin" / "gateway"), "--port", "0"], cwd=tmp_path)
+    try:
+        with urllib.request.urlopen(url + "/examples/arrows.html", timeout=5) as resp:
+            assert resp.read() == (ROOT / "gateway" / "examples" / "arrows.html").read_bytes()
+    finally:
+        stop(proc)
+
+
 def test_examples_arrows_html_is_the_served_page():
     """One copy: examples/arrows.html, for users to open as a file, is the package's page."""
     link = ROOT / "examples" / "arrows.html"

@@ -86,8 +86,11 @@ def test_sighup_adds_removes_and_changes_devices_keeping_other_clients(gateway):
     path.write_text(config_text({"keep": SIM, "tuned": "sim://?interval=0&history=10", "new": SIM},
                                 extra="[limits]\nqueue = 500\n"))
     proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: devices(url).keys() == {"keep", "tuned", "new"} and
-             set(devices(url).values()) == {"connected"}, what="the reloaded devices")
+    try:
+        wait_for(lambda: devices(url).keys() == {"keep", "tuned", "new"} and
+                 set(devices(url).values()) == {"connected"}, what="the reloaded devices")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {devices(url)}; the gateway's log:\n{err.read_text()}") from None
 
     frame = gone.recv_frame()  # the removed device's client is told it went away
     assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
