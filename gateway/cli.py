@@ -1,19 +1,20 @@
-"""`python run_gateway.py [--config FILE] [--host H] [--port P] [--device NAME=URL ...]`."""
+"""`gateway [--config FILE] [--host H] [--port P] [--device NAME=URL ...]`: the `gateway` command,
+`python -m gateway` and `python3 run_gateway.py` (see README.md)."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import logging
+import os
 import re
 import signal
 import socket
 import ssl
 import sys
-import os
 from urllib.parse import quote
 
-from . import __version__
+from . import __version__, reload, systemd
 from .config import Config, ConfigError, apply_flags, load_file
 from .counts import parse_count
 
@@ -32,9 +33,9 @@ def port_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number from 0 to 65535") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "gateway") -> argparse.ArgumentParser:
     p = ArgParser(
-        prog="run_gateway.py",
+        prog=prog,
         description="Bridge WebSocket clients to devices on serial ports, TCP and UDP. "
         "With no device configured, serves one simulated device named 'sim'.",
     )
@@ -115,41 +116,45 @@ def page_urls(gw) -> list[str]:
     return [f"{base}/{token_query(gw)}" for base in base_urls(gw)]
 
 
-class SignalPipe:
-    """The main thread sleeps in a read() until one of `signals` comes: Python's
-    wake-up fd writes each signal's number into a pipe, so the read returns even where a
-    lock wait would not be interrupted (under valgrind, say), and nothing polls."""
-
-    def __init__(self, signals):
-        self.signals = set(signals)
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._w, False)
-        signal.set_wakeup_fd(self._w)
-        for sig in self.signals:
-            signal.signal(sig, lambda signum, frame: None)  # the byte in the pipe is the news
-
-    def wait(self) -> int:
-        """Block until one of the signals came; its number."""
-        while True:
-            for number in os.read(self._r, 64):
-                if number in self.signals:
-                    return number
+def program_name() -> str:
+    """How the user ran it: "gateway" (the installed command) or "run_gateway.py"."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and name not in ("__main__.py", "-c") else "gateway"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def setup_logging(level: str) -> None:
+    # journald stamps each line itself (and keeps the level): no timestamps of ours there.
+    fmt = "%(levelname)s %(name)s: %(message)s" if systemd.journal_is_stderr() else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt)
+    logging.getLogger("ws4py").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog or program_name())
     args = parser.parse_args(argv)
     try:
         config = load_config(args)
     except ConfigError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ws4py").setLevel(logging.WARNING)
+    setup_logging(args.log_level)
 
+    # The signals are taken with sigwait() on this thread, blocked on every other: the
+    # threads started from here on inherit the mask. (A Python handler runs only on the
+    # main thread between bytecodes, so a signal the kernel gave another thread would
+    # not wake a main thread blocked in Event.wait(): seen here as a lost SIGHUP.) They
+    # stay blocked to the end: a second Ctrl-C during the shutdown changes nothing.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    return serve(parser, args, config)
+
+
+SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def serve(parser, args, config) -> int:
     from .app import Gateway  # after the config is known good: imports ws4py
 
-    signals = SignalPipe((signal.SIGINT, signal.SIGTERM))
     try:
         gw = Gateway(config).start()
     except ssl.SSLError as exc:
@@ -160,19 +165,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
-    print(f"listening on {gw.url}", flush=True)
-    urls = page_urls(gw)
-    for url in urls:
-        print(f"control page: {url}", flush=True)
-    if gw.access.generated_token:
-        log.warning("bound to %s with no [auth] tokens: made a control token for this run (in the page URLs "
-                    "above); set [auth] tokens, or anonymous = true to serve without one", config.server.host)
-    ws_base = (base_urls(gw) or [gw.url])[0].replace("http", "ws", 1)
-    for name, link in gw.links.items():
-        print(f"device {name}: {masked(link.config.url)} -> {ws_base}/ws/{name}{token_query(gw)}", flush=True)
+    advertiser = None
     try:
-        signals.wait()
+        print(f"listening on {gw.url}", flush=True)
+        urls = page_urls(gw)
+        for url in urls:
+            print(f"control page: {url}", flush=True)
+        if gw.access.generated_token:
+            log.warning("bound to %s with no [auth] tokens: made a control token for this run (in the page URLs "
+                        "above); set [auth] tokens, or anonymous = true to serve without one", config.server.host)
+        ws_base = (base_urls(gw) or [gw.url])[0].replace("http", "ws", 1)
+        for name, link in gw.links.items():
+            print(f"device {name}: {masked(link.config.url)} -> {ws_base}/ws/{name}{token_query(gw)}", flush=True)
+        if config.mdns.enabled:
+            from .mdns import Advertiser
+
+            advertiser = Advertiser(gw, config.mdns.name)
+            if not advertiser.start():
+                advertiser = None
+        systemd.Watchdog(gw.manager).start()
+        systemd.notify(f"READY=1\nSTATUS=listening on {gw.url}")  # /healthz answers from here on
+        while signal.sigwait(SIGNALS) == signal.SIGHUP:
+            reload_config(gw, args, advertiser)
+        return 0
     finally:
         log.info("shutting down")
+        systemd.notify("STOPPING=1")
+        if advertiser is not None:
+            advertiser.stop()
         gw.shutdown()
-    return 0
+
+
+def reload_config(gw, args, advertiser) -> None:
+    """SIGHUP: the config file again, its devices applied (gateway/reload.py)."""
+    if not args.config:
+        log.warning("SIGHUP: no config file to reload (started without --config)")
+        return
+    systemd.notify("RELOADING=1")
+    try:
+        if reload.apply(gw, lambda: load_config(args)) and advertiser is not None:
+            advertiser.update_devices()
+    except Exception:  # a bug, not a bad file: keep serving what runs
+        log.exception("reload of %s failed", args.config)
+    finally:
+        systemd.notify("READY=1")

@@ -98,6 +98,14 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class MdnsConfig:
+    # Bound beyond loopback, advertise the page (_http._tcp) and the devices
+    # (_gateway-ws._tcp) over mDNS; never on loopback.
+    enabled: bool = True
+    name: str = ""  # the service instance name; "" = "gateway on HOSTNAME"
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_message: int = 65536
     lines_per_second: float = 0
@@ -112,6 +120,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    mdns: MdnsConfig = field(default_factory=MdnsConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "defaults"
 
@@ -316,8 +325,13 @@ def _check_mqtt(mqtt: MqttConfig, where: str) -> None:
         raise _fail(where, "mqtt.keepalive", mqtt.keepalive, "expected 0 to 65535 seconds")
 
 
+def _check_mdns(mdns: MdnsConfig, where: str) -> None:
+    if len(mdns.name.encode()) > 63 or any(ord(c) < 32 for c in mdns.name):
+        raise _fail(where, "mdns.name", mdns.name, "expected at most 63 bytes of printable text")
+
+
 def from_dict(data: dict, where: str) -> Config:
-    sections = {"server", "limits", "device", "auth", "mqtt"}
+    sections = {"server", "limits", "device", "auth", "mqtt", "mdns"}
     for key in data:
         if key not in sections:
             raise _fail(where, key, data[key], f"unknown section (known: {', '.join(sorted(sections))})")
@@ -330,6 +344,8 @@ def from_dict(data: dict, where: str) -> Config:
     auth = _auth_from(_table(data, "auth", where), where)
     mqtt = _typed(MqttConfig, _table(data, "mqtt", where), where, "mqtt.")
     _check_mqtt(mqtt, where)
+    mdns = _typed(MdnsConfig, _table(data, "mdns", where), where, "mdns.")
+    _check_mdns(mdns, where)
     raw_devices = data.get("device", [])
     if not isinstance(raw_devices, list):
         raise _fail(where, "device", raw_devices, "expected [[device]] tables")
@@ -339,7 +355,8 @@ def from_dict(data: dict, where: str) -> Config:
             raise _fail(where, f"device[{i}]", table, "expected a table")
         devices.append(device_from(table, where, f"device[{i}]."))
     _check_unique(devices, where)
-    return Config(server=server, limits=limits, auth=auth, mqtt=mqtt, devices=tuple(devices), source=where)
+    return Config(server=server, limits=limits, auth=auth, mqtt=mqtt, mdns=mdns, devices=tuple(devices),
+                  source=where)
 
 
 def _table(data: dict, key: str, where: str) -> dict:

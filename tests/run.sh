@@ -11,6 +11,7 @@ command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 [ -x /usr/bin/chromium ] || apt_packages+=(chromium fonts-dejavu-core)  # the page tests (Playwright)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)  # tests/test_mqtt.py
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)  # tests/test_metrics.py scrapes with a real one
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)  # tests/test_packaging.py: systemd-analyze verify
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "tests/run.sh: installing Debian packages: ${apt_packages[*]}"
   apt-get update -qq
@@ -20,6 +21,12 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+# pipx, for tests/test_packaging.py's `pipx install`, in a virtualenv of its own (see tests/requirements-pipx.txt).
+if [ ! -x .venv-pipx/bin/pipx ] || ! cmp -s tests/requirements-pipx.txt .venv-pipx/requirements-pipx.txt; then
+  rm -rf .venv-pipx && python3 -m venv .venv-pipx &&
+    .venv-pipx/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements-pipx.txt &&
+    cp tests/requirements-pipx.txt .venv-pipx/requirements-pipx.txt
+fi
 (cd examples && npm ci --no-audit --no-fund --loglevel=error)
 # The Autobahn TestSuite (tests/test_autobahn.py) runs on Python 2.7 only: pyenv's 2.7.18, in a
 # virtualenv of its own made by virtualenv 20.21.1 (requirements-dev.txt). Skipped when it is
