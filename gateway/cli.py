@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, help="port for HTTP and WebSockets (default 8765; 0 picks a free one)")
     p.add_argument("--device", action="append", default=[], metavar="NAME=URL",
                    help="add a device, e.g. esp=serial:///dev/ttyUSB0?baudrate=115200 (repeatable)")
+    p.add_argument("--list-ports", action="store_true",
+                   help="print the serial ports present now (pyserial and [serial] scan) and exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -123,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
+    if args.list_ports:
+        from .ports import print_ports
+
+        print_ports(config)
+        return 0
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ws4py").setLevel(logging.WARNING)
 
