@@ -195,8 +195,9 @@ class Gateway:
                 raise ValueError(f"device {dev.name!r} exists")
             link = self._new_link(dev)
             self.links = {**self.links, dev.name: link}
-        link.start()
+        # "added" before its first state event: both reach the loop in this order.
         self._emit({"type": "device", "event": "added", "device": dev.name, "state": link.state.value})
+        link.start()
         return link
 
     def remove_device(self, name: str, timeout: float = 5.0) -> None:

@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import transports
 from .codec import EOLS
@@ -260,7 +260,7 @@ def _with_baudrate(url: str, baud: object, where: str, prefix: str) -> str:
                     f"only {', '.join(s + '://' for s in BAUD_SCHEMES)} devices have a baud rate")
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "baudrate"]
     query.append(("baudrate", str(baud)))
-    return urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
+    return url.split("?", 1)[0] + "?" + urlencode(query, safe="/:")  # (urlunsplit drops serial:///'s "//")
 
 
 def baudrate_of(url: str) -> int | None:
