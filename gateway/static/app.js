@@ -915,7 +915,29 @@ import { TerminalView } from "./terminal.js";
   const settings = new DeviceSettings({
     send: (message, text, label) => stream && stream.sendMessage(message, text, label),
     onChanged: () => refreshDevices(),
+    onRemoved: (name) => deviceRemoved(name),
   });
+
+  /* A device was taken off the gateway (by this page or another): if it was open, its
+   * stream is over (no reconnecting to a device that is gone) and the next one opens. */
+  function deviceRemoved(name) {
+    devices.delete(name);
+    fresh.delete(name);
+    if (name === current) {
+      if (stream) stream.close();
+      terminal.disconnect();
+      current = null;
+      for (const id of ["device-head", "chart-card", "control-card", "settings-card", "log-card"]) $(id).hidden = true;
+      terminal.show(false);
+      $("empty-main").hidden = false;
+      $("link-state").dataset.state = "idle";
+      $("link-text").textContent = "no device open";
+      $("banner").hidden = true;
+      toast("Device " + name + " was removed");
+    }
+    renderDevices();
+    refreshDevices();
+  }
   const ports = new PortsPanel({
     onOpened: async (name) => {
       await refreshDevices();
@@ -943,9 +965,12 @@ import { TerminalView } from "./terminal.js";
       } else if (msg.type === "device") {
         if (msg.event === "state" && devices.has(msg.device) && typeof msg.state === "string") {
           setDeviceState(msg.device, msg.state);
-        } else if (msg.event === "added" || msg.event === "removed") {
+        } else if (msg.event === "removed") {
+          deviceRemoved(msg.device);
+          ports.load();  // its port is free again
+        } else if (msg.event === "added") {
           refreshDevices();
-          ports.load();  // a port is in use, or free again
+          ports.load();  // a port is in use
         }
       }
     },

@@ -19,8 +19,8 @@ const basename = (path) => String(path).split("/").pop();
 
 /* The device URL for a port: its by-id link when it has one (a re-plug under another
  * /dev name finds it again), else its path. */
-export function portUrl(port, baud) {
-  return "serial://" + (port.by_id || port.path) + "?baudrate=" + baud;
+export function portUrl(port) {
+  return "serial://" + (port.by_id || port.path);
 }
 
 /* A name to offer for a port's device: ttyUSB0, acm0, pts5 ... (letters, digits, - and _). */
@@ -133,7 +133,7 @@ export class PortsPanel {
     const baud = $("open-baud").value;
     if (!name || !this.opening) return;
     $("open-submit").disabled = true;
-    const r = await api("POST", "/api/devices", { name, url: portUrl(this.opening, baud) });
+    const r = await api("POST", "/api/devices", { name, url: portUrl(this.opening), baudrate: Number(baud) });
     $("open-submit").disabled = false;
     if (!r.ok) {
       $("open-error").textContent = r.status === 409 ? "A device named " + name + " exists already: choose another name." : r.error;

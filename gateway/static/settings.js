@@ -1,28 +1,18 @@
-/* The device settings panel: baud rate (a serial device's URL, changed with PATCH
- * /api/devices/NAME: the device reopens, its clients stay), Reset and Bootloader (json
- * messages on the device's stream, acked), and Remove (DELETE /api/devices/NAME). */
+/* The device settings panel: baud rate (PATCH /api/devices/NAME {"baudrate": N}: the
+ * device reopens, its clients stay), Reset and Bootloader (json messages on the device's
+ * stream, acked; only where the device carries signals), and Remove (DELETE). */
 
 import { $, api, toast } from "./util.js";
 
 const CONFIRM_MS = 4000;  // Remove asks once more for this long
 
-/* The baud rate in a serial:// URL's query, or null. */
-function baudOf(url) {
-  const m = /[?&]baudrate=(\d+)/.exec(url || "");
-  return m ? m[1] : null;
-}
-
-function withBaud(url, baud) {
-  if (baudOf(url) !== null) return url.replace(/([?&]baudrate=)\d+/, "$1" + baud);
-  return url + (url.includes("?") ? "&" : "?") + "baudrate=" + baud;
-}
-
 export class DeviceSettings {
   /* send(message, text): a json message on the open device's stream, logged as `text`.
-   * onChanged(): the device list should be reloaded. */
-  constructor({ send, onChanged }) {
+   * onChanged(): the device list should be reloaded; onRemoved(name): a device is gone. */
+  constructor({ send, onChanged, onRemoved }) {
     this.send = send;
     this.onChanged = onChanged;
+    this.onRemoved = onRemoved;
     this.device = null;      // the /api/devices entry shown
     this.role = null;
     this.live = false;
@@ -37,7 +27,7 @@ export class DeviceSettings {
     const changed = !this.device || this.device.name !== d.name;
     this.device = d;
     if (changed) this.disarm();
-    const baud = d.kind === "serial" && d.url ? baudOf(d.url) || "9600" : null;
+    const baud = d.baudrate === null || d.baudrate === undefined ? null : String(d.baudrate);
     $("baud-box").hidden = baud === null;
     if (baud !== null && document.activeElement !== $("baud")) {
       const select = $("baud");
@@ -55,9 +45,12 @@ export class DeviceSettings {
   }
 
   paint() {
-    const canSignal = this.live && this.role !== null && this.role !== "view";
+    const canSignal = this.live && this.role !== null && this.role !== "view" && !!(this.device && this.device.signals);
     const isAdmin = this.role === "admin";
-    for (const id of ["device-reset", "device-bootloader"]) $(id).disabled = !canSignal;
+    for (const id of ["device-reset", "device-bootloader"]) {
+      $(id).disabled = !canSignal;
+      $(id).hidden = !!this.device && this.device.signals === false;  // tcp, udp, mqtt: no wires to pull
+    }
     $("device-remove").disabled = !isAdmin;
     $("baud").disabled = !isAdmin;
     $("device-remove").title = isAdmin ? "Close the device and take it off this gateway (not written to the config file)"
@@ -66,8 +59,8 @@ export class DeviceSettings {
 
   async changeBaud(baud) {
     const d = this.device;
-    if (!d || !d.url) return;
-    const r = await api("PATCH", "/api/devices/" + encodeURIComponent(d.name), { url: withBaud(d.url, baud) });
+    if (!d) return;
+    const r = await api("PATCH", "/api/devices/" + encodeURIComponent(d.name), { baudrate: Number(baud) });
     if (!r.ok) {
       toast("Baud rate not changed: " + r.error);
       this.show(d);  // back to what the device has
@@ -102,7 +95,6 @@ export class DeviceSettings {
       toast("Not removed: " + r.error);
       return;
     }
-    toast("Removed " + d.name);
-    this.onChanged();
+    this.onRemoved(d.name);
   }
 }
