@@ -189,3 +189,14 @@ def test_hot_plug_events_and_a_by_id_device_reopened_under_a_new_pty(bench, gate
     assert msg["line"] == "PONG"
     ws.close()
     ev.close()
+
+
+def test_hwgrep_takes_a_baud_rate_like_serial():
+    from gateway import transports
+
+    t = transports.create("hwgrep://1a86:7523?baudrate=115200&n=1&skip_busy")
+    assert t.settings == {"baudrate": 115200} and t.port_name == "hwgrep://1a86:7523&n=1&skip_busy"
+    assert t.pollable and t.signals and not t.signals_block
+    assert transports.create("rfc2217://127.0.0.1:2217").signals_block
+    with pytest.raises(ValueError, match="baudrate must be a positive whole number"):
+        transports.create("hwgrep://1a86:7523?baudrate=fast")
