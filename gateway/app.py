@@ -208,9 +208,10 @@ class Gateway:
             self.links = {k: v for k, v in self.links.items() if k != name}
         link.stop(timeout)
         done = threading.Event()
-        if self.manager.call(lambda: (self._drop_clients(link), done.set())):
+        removed = {"type": "device", "event": "removed", "device": name}
+        # On the loop, before this returns: watchers hear of it in order, and at once.
+        if self.manager.call(lambda: (self._drop_clients(link), self._emit(removed), done.set())):
             done.wait(timeout)
-        self._emit({"type": "device", "event": "removed", "device": name})
 
     def update_device(self, name: str, dev: DeviceConfig, timeout: float = 5.0) -> DeviceLink:
         """Close the device and open it again with `dev` (the same name: a baud rate
