@@ -95,6 +95,8 @@ def test_a_plugged_port_is_opened_tuned_and_removed_from_the_page(gateway, open_
     # Another baud rate: the device reopens at it, the page stays connected.
     expect(page.get_by_label("Baud rate", exact=True)).to_have_value("9600")
     page.get_by_label("Baud rate", exact=True).select_option("115200")
+    # (Playwright routes the page's requests on this thread: wait through it, not beside it.)
+    expect(page.locator("#toast")).to_have_text("board: 115200 baud; reopening")
     wait_for(lambda: termios.tcgetattr(board.slave)[4] == termios.B115200, what="the pty at 115200 baud")
     expect(page.locator("#device-state")).to_have_text("connected")
     os.write(board.master, b"still here\r\n")

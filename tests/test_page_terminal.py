@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from conftest import assert_no_gateway_threads
 from gateway.config import DeviceConfig
-from test_page import browser, device_says, gateway, open_page, row  # noqa: F401 (fixtures)
+from test_page import browser, device_says, gateway, open_page, row, shot  # noqa: F401 (fixtures)
 
 SCREEN = "#term .xterm-rows"
 
@@ -43,6 +43,7 @@ def test_terminal_sends_keys_and_shows_the_answer(gateway, open_page):
     red = page.locator(f"{SCREEN} span.xterm-fg-1", has_text="red alert")
     expect(red).to_have_count(1)
     expect(page.locator(SCREEN)).not_to_contain_text("[31m")
+    shot(page, "terminal")
 
     # The hex view shows the same stream as bytes.
     page.get_by_role("button", name="Hex", exact=True).click()
