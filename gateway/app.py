@@ -10,7 +10,10 @@ socket, every device descriptor and the listening socket), one per HTTP request 
 progress ("http:ADDR", ending once it is answered or upgraded), the workers that open
 devices ("device-open-N", started when first needed), one per device without a
 descriptor ("device:NAME": sim://, mqtt://, pyserial's socket://, rfc2217://, loop://),
-and the sinks' ("mqtt-sink" with paho's "paho-mqtt-client-<client_id>-NAME", "recorder").
+the sinks' ("mqtt-sink" with paho's "paho-mqtt-client-<client_id>-NAME", "recorder"),
+and the serial port watcher ("port-scan", gateway/ports.py: rescans every `[serial]
+rescan` seconds and hands what changed to the loop, which tells /ws/_events and reopens a
+device whose port came back).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 
-from . import transports
+from . import ports, transports
 from .client import Client, Options
-from .config import Config, DeviceConfig
+from .config import Config, DeviceConfig, baudrate_of
+from .events import EventClient, EventHub
 from .device import DeviceLink
 from .hub import Hub
 from .manager import Manager
@@ -77,6 +81,12 @@ class Gateway:
         # {"type": "device", "event": ..., "device": NAME, "state": ...}: they only queue.
         self.device_watchers: list[Callable[[dict], None]] = []
         self._devices_lock = threading.Lock()  # serialises add/remove/update_device
+        self.events = EventHub()  # WS /ws/_events (gateway/events.py), on the loop
+        self.device_watchers.append(self.events.publish)
+        self.port_watcher: ports.PortWatcher | None = None
+        if config.serial.rescan > 0:
+            self.port_watcher = ports.PortWatcher(config.serial.scan, config.serial.rescan,
+                                                  self.manager.call, self._ports_changed)
         self.sinks = []
         for dev in config.devices:
             self.links[dev.name] = self._new_link(dev)
@@ -106,6 +116,8 @@ class Gateway:
             sink.start()
         for link in self.links.values():
             link.start()
+        if self.port_watcher is not None:
+            self.port_watcher.start()
         # The listening socket is the loop's too: it accepts, and an HTTP thread takes the
         # request (no thread polling for connections).
         self.server.socket.setblocking(False)
@@ -138,6 +150,8 @@ class Gateway:
         stopped = threading.Event()  # no new connections from here
         if self.manager.call(lambda: (self.manager.unregister(self.server.socket.fileno()), stopped.set())):
             stopped.wait(left())
+        if self.port_watcher is not None:
+            self.port_watcher.stop(left())
         self.server.close_requests(left())
         # The loop fails what waits for the devices, closes them, sends every client
         # 1001 and ends once they answered, within a second or what is left.
@@ -181,8 +195,9 @@ class Gateway:
                 raise ValueError(f"device {dev.name!r} exists")
             link = self._new_link(dev)
             self.links = {**self.links, dev.name: link}
-        link.start()
+        # "added" before its first state event: both reach the loop in this order.
         self._emit({"type": "device", "event": "added", "device": dev.name, "state": link.state.value})
+        link.start()
         return link
 
     def remove_device(self, name: str, timeout: float = 5.0) -> None:
@@ -193,9 +208,10 @@ class Gateway:
             self.links = {k: v for k, v in self.links.items() if k != name}
         link.stop(timeout)
         done = threading.Event()
-        if self.manager.call(lambda: (self._drop_clients(link), done.set())):
+        removed = {"type": "device", "event": "removed", "device": name}
+        # On the loop, before this returns: watchers hear of it in order, and at once.
+        if self.manager.call(lambda: (self._drop_clients(link), self._emit(removed), done.set())):
             done.wait(timeout)
-        self._emit({"type": "device", "event": "removed", "device": name})
 
     def update_device(self, name: str, dev: DeviceConfig, timeout: float = 5.0) -> DeviceLink:
         """Close the device and open it again with `dev` (the same name: a baud rate
@@ -244,7 +260,31 @@ class Gateway:
             except Exception:
                 log.exception("device watcher failed")
 
+    # -- serial ports -----------------------------------------------------------------
+
+    def list_ports(self) -> list[dict]:
+        """The serial ports present now (any thread: it scans), as GET /api/ports shows them."""
+        devices = {name: link.config.url for name, link in self.links.items()}
+        return [ports.describe_port(p, devices) for p in ports.scan(self.config.serial.scan).values()]
+
+    def _ports_changed(self, added: list, removed: list) -> None:
+        """Loop: the port watcher saw ports come and go. Tell /ws/_events, and open at
+        once a device waiting for its port (a by-id path, hwgrep://) instead of at the end
+        of its backoff."""
+        devices = {name: link.config.url for name, link in self.links.items()}
+        for event, items in (("removed", removed), ("added", added)):
+            for port in items:
+                self.events.publish({"type": "port", "event": event, "port": ports.describe_port(port, devices)})
+        if added:
+            for link in self.links.values():
+                if ports.follows_ports(link.config.url) and link.retry_now():
+                    log.info("device %s: a port was plugged in: opening %s now", link.name, link.transport.describe())
+
     # -- clients ----------------------------------------------------------------------
+
+    def new_event_client(self, role: str, peer: str) -> EventClient:
+        self.stats.clients_total += 1
+        return EventClient(next(self._ids), self.events, role, peer)
 
     def new_client(self, link: DeviceLink, options: Options, peer: str) -> Client:
         self.stats.clients_total += 1
@@ -277,9 +317,11 @@ class Gateway:
 
     # -- reports ----------------------------------------------------------------------
 
-    def describe_devices(self) -> list[dict]:
+    def describe_devices(self, only: str | None = None) -> list[dict]:
         out = []
         for name, link in self.links.items():
+            if only is not None and name != only:
+                continue
             c = link.counters
             out.append({
                 "name": name,
@@ -290,6 +332,10 @@ class Gateway:
                              "clients": link.hub.clients, "reconnects": c.reconnects},
                 "seq": link.hub.seq,
                 "run": self.run_id,
+                "url": _masked(link.config.url),
+                "baudrate": baudrate_of(link.config.url),
+                "reset": link.config.reset_sequence,
+                "signals": bool(getattr(link.transport, "signals", False)),
             })
         return out
 
@@ -318,3 +364,9 @@ class _Acceptor:
             server.handle_error(request, address)
             server.shutdown_request(request)
 
+
+def _masked(url: str) -> str:
+    """A device URL fit to show: a password in it becomes ***."""
+    from .cli import masked
+
+    return masked(url)

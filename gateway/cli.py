@@ -44,6 +44,8 @@ def build_parser(prog: str = "gateway") -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, help="port for HTTP and WebSockets (default 8765; 0 picks a free one)")
     p.add_argument("--device", action="append", default=[], metavar="NAME=URL",
                    help="add a device, e.g. esp=serial:///dev/ttyUSB0?baudrate=115200 (repeatable)")
+    p.add_argument("--list-ports", action="store_true",
+                   help="print the serial ports present now (pyserial and [serial] scan) and exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -138,6 +140,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ConfigError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
+    if args.list_ports:
+        from .ports import print_ports
+
+        print_ports(config)
+        return 0
     setup_logging(args.log_level)
 
     # The signals are taken with sigwait() on this thread, blocked on every other: the

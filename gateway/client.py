@@ -5,6 +5,11 @@ client: `on_message` parses and checks what the client sent and queues the lines
 device (DeviceLink.submit: written at the end of the loop round, never waited for);
 frames for the client are queued on its connection (wsadapter.ClientSocket), sent at the
 end of the round.
+
+Signals, in json mode, control and admin roles (SPEC section 8), each answered
+`{"type": "ack", "signal": KIND, "id": N}` once done or `{"type": "error", ...}`:
+`{"type": "signals", "dtr": true, "rts": false}`, `{"type": "break", "ms": 250}`,
+`{"type": "reset"}` (the device's `reset` sequence), `{"type": "bootloader"}`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from dataclasses import dataclass
 from . import frames
 from .codec import LineError, check_line, encode_line, split_client_text
 from .device import DeviceLink, WriteRequest
-from .security import RateLimit
+from .security import RateLimit, may_send
+from .signals import MAX_MS, Step
 
 log = logging.getLogger(__name__)
 
 MAX_REPLY_TIMEOUT = 60.0
+SIGNAL_TYPES = ("signals", "break", "reset", "bootloader")
 
 # A text frame of printable ASCII only is one line, the same bytes in every encoding the
 # shortcut below is taken for, and needs no decoding, splitting or checking.
@@ -62,7 +69,7 @@ class Client:
         self._eol = cfg.eol_bytes
         # The common case of text mode, taken without decoding: a control client, a
         # device with no allowlist and an ASCII-compatible encoding.
-        self._plain_text = (self.options.fmt == "text" and self.options.role == "control" and not link.allow
+        self._plain_text = (self.options.fmt == "text" and may_send(self.options.role) and not link.allow
                             and cfg.encoding.lower() in ASCII_ENCODINGS)
 
     def __repr__(self) -> str:
@@ -128,10 +135,10 @@ class Client:
                 return
             self._submit(WriteRequest(line))
             return
-        if self.fmt == "json" and not is_binary and data.startswith(b'{"type"'):
+        if self.fmt == "json" and not is_binary and b'"type"' in data:
             if self._on_control(data):
                 return
-        if self.options.role != "control":
+        if not may_send(self.options.role):
             self.refuse(self._id_of(data, is_binary), f"role {self.options.role} may not send to the device")
             return
         if self.fmt == "binary":
@@ -164,18 +171,64 @@ class Client:
 
     def _on_control(self, data: bytes) -> bool:
         """`{"type": "ping"}` gets `{"type": "pong"}`: a keepalive a page can see
-        (browsers answer WebSocket pings themselves and never tell the page)."""
+        (browsers answer WebSocket pings themselves and never tell the page). Signals
+        (SIGNAL_TYPES) go to the device. False: not a control message."""
         try:
             msg = json.loads(data)
         except ValueError:
             return False
-        if isinstance(msg, dict) and msg.get("type") == "ping" and "line" not in msg:
+        if not isinstance(msg, dict) or "line" in msg:
+            return False
+        kind = msg.get("type")
+        if kind == "ping":
             reply = {"type": "pong"}
             if "id" in msg:
                 reply["id"] = msg["id"]
             self.send_json(reply)
             return True
+        if kind in SIGNAL_TYPES:
+            self._on_signal(kind, msg)
+            return True
         return False
+
+    def _on_signal(self, kind: str, msg: dict) -> None:
+        request_id = msg.get("id")
+        if not may_send(self.options.role):
+            self.refuse(request_id, f"role {self.options.role} may not send signals to the device")
+            return
+        steps = None
+        if kind == "signals":
+            values = {}
+            for key in ("dtr", "rts"):
+                value = msg.get(key)
+                if value is not None and not isinstance(value, bool):
+                    self.error(request_id, f'expected "{key}" to be true or false')
+                    return
+                values[key] = value
+            if values["dtr"] is None and values["rts"] is None:
+                self.error(request_id, 'expected "dtr" or "rts" (true: asserted, false: released)')
+                return
+            steps = (Step("signals", values["dtr"], values["rts"]),)
+        elif kind == "break":
+            ms = msg.get("ms", 250)
+            if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= MAX_MS:
+                self.error(request_id, f'expected "ms" to be a whole number of milliseconds from 1 to {MAX_MS}')
+                return
+            steps = (Step("break", ms=ms),)
+        error = self.link.signal(kind, self, request_id, steps)
+        if error is not None:
+            self.signalled(kind, request_id, error)
+
+    def signalled(self, kind: str, request_id, error: str | None) -> None:
+        """The device link played a signal sequence (or could not)."""
+        if error is not None:
+            self.error(request_id, error)
+            return
+        if self.fmt == "json":
+            msg = {"type": "ack", "signal": kind}
+            if request_id is not None:
+                msg["id"] = request_id
+            self.send_json(msg)
 
     def _on_json(self, text: str) -> None:
         try:
@@ -188,6 +241,9 @@ class Client:
             return
         request_id = msg.get("id")
         line = msg.get("line")
+        if line is None and "type" in msg:
+            self.error(request_id, f"unknown type {msg['type']!r} (known: ping, {', '.join(SIGNAL_TYPES)})")
+            return
         if not isinstance(line, str):
             self.error(request_id, 'expected "line" to be a string')
             return

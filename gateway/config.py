@@ -15,10 +15,12 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import transports
 from .codec import EOLS
 from .counts import parse_count
+from .signals import parse_sequence
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -45,6 +47,9 @@ class DeviceConfig:
     buttons: tuple[Button, ...] = ()
     record: str = ""  # path of a JSON-lines recording of the device's lines ("" = off)
     allow: tuple[str, ...] = ()  # regular expressions a client line must match (empty = any)
+    # The board's reset sequence (gateway/signals.py): "esp", "dtr", "none" or steps such
+    # as "D0 R1 W100 R0"; "" = esp for devices that carry signals (serial, sim), else none.
+    reset: str = ""
 
     @property
     def kind(self) -> str:
@@ -53,6 +58,18 @@ class DeviceConfig:
     @property
     def eol_bytes(self) -> bytes:
         return EOLS[self.eol]
+
+    @property
+    def reset_sequence(self) -> str:
+        if self.reset:
+            return self.reset
+        return "esp" if self.kind in SIGNAL_SCHEMES else "none"
+
+
+# Schemes whose transport carries DTR, RTS and BREAK.
+SIGNAL_SCHEMES = ("serial", "hwgrep", "rfc2217", "sim")
+# Schemes whose URL query takes a baud rate (the `baudrate` key of a device table).
+BAUD_SCHEMES = ("serial", "hwgrep", "rfc2217")
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,14 @@ class Token:
     role: str  # "view" (receive only) or "control" (receive and send)
 
 
-ROLES = ("view", "control")
+ROLES = ("view", "control", "admin")  # admin: control plus the device API (POST/PATCH/DELETE /api/devices)
+
+
+@dataclass(frozen=True)
+class SerialConfig:
+    # Globs of serial ports to list besides pyserial's list_ports (GET /api/ports, hot-plug).
+    scan: tuple[str, ...] = ("/dev/serial/by-id/*", "/dev/ttyUSB*", "/dev/ttyACM*")
+    rescan: float = 1.0  # seconds between scans for ports plugged in or pulled out (0: off)
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     mdns: MdnsConfig = field(default_factory=MdnsConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "defaults"
 
@@ -173,6 +198,13 @@ def _check_device_values(dev: DeviceConfig, where: str, prefix: str) -> None:
         raise _fail(where, f"{prefix}pace_ms", dev.pace_ms, "expected 0 to 60000 ms")
     if not 0 <= dev.history <= 1_000_000:
         raise _fail(where, f"{prefix}history", dev.history, "expected 0 to 1000000 lines")
+    try:
+        parse_sequence(dev.reset)
+    except ValueError as exc:
+        raise _fail(where, f"{prefix}reset", dev.reset, str(exc)) from None
+    if dev.reset and dev.reset.strip().lower() != "none" and dev.kind not in SIGNAL_SCHEMES:
+        raise _fail(where, f"{prefix}reset", dev.reset,
+                    f"a {dev.kind}:// device carries no signals (only {', '.join(SIGNAL_SCHEMES)} do)")
 
 
 _INT_OPTIONS = ("max_line", "pace_ms", "history")
@@ -185,6 +217,10 @@ def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
         if not isinstance(table[key], str):
             raise _fail(where, f"{prefix}{key}", table[key], "expected str")
     url = table["url"]
+    if "baudrate" in table:
+        url = _with_baudrate(url, table["baudrate"], where, prefix)
+        table = {k: v for k, v in table.items() if k != "baudrate"}
+        table["url"] = url
     try:
         _, _, _, url_options = transports.split_url(url)
         transports.create(url)  # checks the transport's own options; opens nothing
@@ -221,6 +257,64 @@ def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
                  {"buttons": tuple(parsed_buttons), "allow": tuple(allow)})
     _check_device_values(dev, where, prefix)
     return dev
+
+
+def _with_baudrate(url: str, baud: object, where: str, prefix: str) -> str:
+    """The `baudrate` key of a device table: the URL with its baudrate option replaced."""
+    if isinstance(baud, bool) or not isinstance(baud, int) or not 1 <= baud <= 100_000_000:
+        raise _fail(where, f"{prefix}baudrate", baud, "expected a whole number of bits per second")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in BAUD_SCHEMES:
+        raise _fail(where, f"{prefix}baudrate", baud,
+                    f"only {', '.join(s + '://' for s in BAUD_SCHEMES)} devices have a baud rate")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "baudrate"]
+    query.append(("baudrate", str(baud)))
+    return url.split("?", 1)[0] + "?" + urlencode(query, safe="/:")  # (urlunsplit drops serial:///'s "//")
+
+
+def baudrate_of(url: str) -> int | None:
+    """The baud rate a device URL asks for, or None."""
+    for key, value in parse_qsl(urlsplit(url).query):
+        if key == "baudrate":
+            try:
+                return parse_count(value, 1)
+            except ValueError:
+                return None
+    return None
+
+
+def device_table(dev: DeviceConfig) -> dict:
+    """`dev` as the table it could be read from (keys at their defaults left out): what
+    PATCH /api/devices/NAME changes keys of."""
+    table: dict = {"name": dev.name, "url": dev.url}
+    for f in fields(DeviceConfig):
+        if f.name in table:
+            continue
+        value = getattr(dev, f.name)
+        if value == f.default:
+            continue
+        if f.name == "buttons":
+            value = [{"label": b.label, "line": b.line} for b in value]
+        elif f.name == "allow":
+            value = list(value)
+        table[f.name] = value
+    return table
+
+
+SERIAL_KEYS = ("scan", "rescan")
+
+
+def _serial_from(table: dict, where: str) -> SerialConfig:
+    for key in table:
+        if key not in SERIAL_KEYS:
+            raise _fail(where, f"serial.{key}", table[key], f"unknown key (known: {', '.join(SERIAL_KEYS)})")
+    scan = table.get("scan", list(SerialConfig.scan))
+    if not isinstance(scan, list) or not all(isinstance(g, str) and g.startswith("/") for g in scan):
+        raise _fail(where, "serial.scan", scan, 'expected a list of absolute globs such as ["/dev/ttyUSB*"]')
+    rescan = table.get("rescan", SerialConfig.rescan)
+    if isinstance(rescan, bool) or not isinstance(rescan, (int, float)) or not (rescan == 0 or 0.1 <= rescan <= 3600):
+        raise _fail(where, "serial.rescan", rescan, "expected 0 (off) or 0.1 to 3600 seconds")
+    return SerialConfig(scan=tuple(scan), rescan=float(rescan))
 
 
 def _check_server(server: ServerConfig, where: str) -> None:
@@ -293,13 +387,13 @@ def _auth_from(table: dict, where: str) -> AuthConfig:
             raise _fail(where, f"auth.{key}", table[key], f"unknown key (known: {', '.join(AUTH_KEYS)})")
     tokens = table.get("tokens", [])
     if not isinstance(tokens, list):
-        raise _fail(where, "auth.tokens", tokens, 'expected a list of { token = "...", role = "view" | "control" }')
+        raise _fail(where, "auth.tokens", tokens, 'expected a list of { token = "...", role = "view" | "control" | "admin" }')
     parsed = []
     for i, t in enumerate(tokens):
         if not isinstance(t, dict) or set(t) != {"token", "role"} or not all(isinstance(v, str) for v in t.values()):
-            raise _fail(where, f"auth.tokens[{i}]", t, 'expected { token = "...", role = "view" | "control" }')
+            raise _fail(where, f"auth.tokens[{i}]", t, 'expected { token = "...", role = "view" | "control" | "admin" }')
         if t["role"] not in ROLES:
-            raise _fail(where, f"auth.tokens[{i}].role", t["role"], "expected view or control")
+            raise _fail(where, f"auth.tokens[{i}].role", t["role"], "expected view, control or admin")
         if len(t["token"]) < 4:
             raise _fail(where, f"auth.tokens[{i}].token", t["token"], "too short (at least 4 characters)")
         parsed.append(Token(t["token"], t["role"]))
@@ -331,7 +425,7 @@ def _check_mdns(mdns: MdnsConfig, where: str) -> None:
 
 
 def from_dict(data: dict, where: str) -> Config:
-    sections = {"server", "limits", "device", "auth", "mqtt", "mdns"}
+    sections = {"server", "limits", "device", "auth", "mqtt", "mdns", "serial"}
     for key in data:
         if key not in sections:
             raise _fail(where, key, data[key], f"unknown section (known: {', '.join(sorted(sections))})")
@@ -346,6 +440,7 @@ def from_dict(data: dict, where: str) -> Config:
     _check_mqtt(mqtt, where)
     mdns = _typed(MdnsConfig, _table(data, "mdns", where), where, "mdns.")
     _check_mdns(mdns, where)
+    serial_config = _serial_from(_table(data, "serial", where), where)
     raw_devices = data.get("device", [])
     if not isinstance(raw_devices, list):
         raise _fail(where, "device", raw_devices, "expected [[device]] tables")
@@ -355,8 +450,8 @@ def from_dict(data: dict, where: str) -> Config:
             raise _fail(where, f"device[{i}]", table, "expected a table")
         devices.append(device_from(table, where, f"device[{i}]."))
     _check_unique(devices, where)
-    return Config(server=server, limits=limits, auth=auth, mqtt=mqtt, mdns=mdns, devices=tuple(devices),
-                  source=where)
+    return Config(server=server, limits=limits, auth=auth, mqtt=mqtt, mdns=mdns, serial=serial_config,
+                  devices=tuple(devices), source=where)
 
 
 def _table(data: dict, key: str, where: str) -> dict:

@@ -23,6 +23,13 @@ one loop round go out in one write (`flush`). A request (`reply: true`) holds th
 until the device answered (its next line) or the request's timeout passed: a timer on
 the loop, which shutdown cancels, failing the request.
 
+Signals (DTR, RTS, BREAK; `signal()`), for a transport that carries them (`signals`:
+serial ports, rfc2217://, sim://): a sequence of steps (gateway/signals.py: a reset, the
+ESP bootloader sequence, a BREAK of N ms) is played one step at a time, its waits timed
+with loop timers, never slept; a transport whose signal calls block (`signals_block`:
+rfc2217:// asks its server) makes them on a worker. One sequence at a time per device.
+`retry_now()` opens a waiting device at once (its port was just plugged in again).
+
 Flow control, for a transport where not reading pauses the device (TCP): after a read,
 if a client of this device has half its queue waiting, the loop stops reading the
 device until that client drained, for ROOM_WAIT at most; a client that did not drain by
@@ -43,6 +50,7 @@ from .config import DeviceConfig
 from .hub import Hub, State
 from .manager import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Manager, Timer
 from .security import LineFilter
+from .signals import BOOTLOADER, Step, parse_sequence
 from .transports import Transport, TransportError
 from .transports.base import OPEN_TIMEOUT, READ_TIMEOUT, NotConnectedYet, WriteTimeout
 from .workers import Workers
@@ -86,6 +94,21 @@ class Writer(Protocol):
     def acked(self, request: WriteRequest) -> None: ...
 
     def failed(self, request: WriteRequest, error: str) -> None: ...
+
+    def signalled(self, kind: str, request_id: object, error: str | None) -> None: ...
+
+
+class _Sequence:
+    """A signal sequence being played (loop)."""
+
+    __slots__ = ("kind", "steps", "client", "id", "timer")
+
+    def __init__(self, kind: str, steps: tuple[Step, ...], client: "Writer | None", request_id: object):
+        self.kind = kind
+        self.steps = deque(steps)
+        self.client = client
+        self.id = request_id
+        self.timer: Timer | None = None
 
 
 @dataclass
@@ -143,6 +166,7 @@ class DeviceLink:
         self._datagrams = transport.message_oriented
         self._single = transport.message_oriented or bool(config.pace_ms)
         self._thread = None if self._pollable else DeviceThread(self)
+        self._sequence: _Sequence | None = None  # signals being played
 
     @property
     def state(self) -> State:
@@ -611,6 +635,8 @@ class DeviceLink:
             self.hub.cancel_reply()
 
     def _fail_all(self, error: str) -> None:
+        if self._sequence is not None:
+            self._end_sequence(error)
         if self._inflight is not None:
             batch, self._inflight, self._tail = self._inflight, None, b""
             self._fail(batch, error)
@@ -631,6 +657,102 @@ class DeviceLink:
             self.counters.errors += 1
             if req.client is not None:
                 req.client.failed(req, error)
+
+
+    # -- signals (loop) ------------------------------------------------------------------------
+
+    def signal(self, kind: str, client: "Writer | None", request_id: object = None,
+               steps: tuple[Step, ...] | None = None) -> str | None:
+        """Play `steps` (for "reset": the device's `reset` sequence; for "bootloader": the
+        ESP download-mode one); `client.signalled(kind, id, error)` once done. An error
+        message instead when it cannot start."""
+        transport = self.transport
+        if not getattr(transport, "signals", False):
+            return (f"device {self.name} cannot carry signals (DTR, RTS, BREAK): a {self.config.kind}:// link has "
+                    f"none; serial://, rfc2217:// and sim:// do")
+        if steps is None:
+            text = BOOTLOADER if kind == "bootloader" else self.config.reset_sequence
+            steps = parse_sequence(text)
+            if not steps:
+                return f"device {self.name} has reset = {self.config.reset_sequence!r}: nothing to do"
+        if self.phase is not Phase.UP:
+            return f"device {self.name} is {self.hub.state.value}"
+        if self._sequence is not None:
+            return f"device {self.name} is busy with a {self._sequence.kind} sequence"
+        self._sequence = _Sequence(kind, steps, client, request_id)
+        self._next_step(None)
+        return None
+
+    def _next_step(self, error: BaseException | None) -> None:
+        seq = self._sequence
+        if seq is None:
+            return
+        seq.timer = None
+        if error is None and self.phase is not Phase.UP:
+            error = TransportError(f"device {self.name} is {self.hub.state.value}")
+        if error is not None:
+            self._end_sequence(str(error) or type(error).__name__)
+            return
+        if not seq.steps:
+            self._end_sequence(None)
+            return
+        step = seq.steps.popleft()
+        transport = self.transport
+        if step.kind == "wait":
+            seq.timer = self.loop.call_later(step.ms / 1000.0, self._next_step, None)
+        elif step.kind == "break":
+            def started(error: BaseException | None) -> None:
+                if error is not None or self._sequence is not seq:
+                    self._next_step(error)
+                    return
+                seq.timer = self.loop.call_later(step.ms / 1000.0, self._signal_call,
+                                                 lambda: transport.set_break(False), self._next_step)
+            self._signal_call(lambda: transport.set_break(True), started)
+        else:
+            self._signal_call(lambda: transport.set_signals(step.dtr, step.rts), self._next_step)
+
+    def _signal_call(self, fn: Callable[[], None], then: Callable[[BaseException | None], None]) -> None:
+        """`fn()` here (an ioctl), or on a worker when the transport's calls block; then
+        `then(error)` on the loop."""
+        if getattr(self.transport, "signals_block", False):
+            seq = self._sequence
+
+            def done(error: BaseException | None) -> None:
+                if self._sequence is seq:  # not ended (device lost, gateway stopping) meanwhile
+                    then(error)
+
+            self.workers.submit(fn, lambda _, error: self.loop.call(done, error))
+            return
+        try:
+            fn()
+        except Exception as exc:  # TransportError, or a port that does not have the line
+            then(exc)
+            return
+        then(None)
+
+    def _end_sequence(self, error: str | None) -> None:
+        seq, self._sequence = self._sequence, None
+        if seq is None:
+            return
+        if seq.timer is not None:
+            seq.timer.cancel()
+        if error is not None:
+            self.counters.errors += 1
+            log.info("device %s: %s failed: %s", self.name, seq.kind, error)
+        if seq.client is not None:
+            seq.client.signalled(seq.kind, seq.id, error)
+
+    # -- hot-plug (loop) -------------------------------------------------------------------------
+
+    def retry_now(self) -> bool:
+        """Open the device now instead of at the end of its backoff (its port was just
+        plugged in). False when it is not waiting for a retry."""
+        if self._stopped or not self._pollable or self.phase is not Phase.IDLE or self._timer is None:
+            return False
+        self._timer.cancel()
+        self._backoff = BACKOFF_FIRST
+        self._open()
+        return True
 
 
 class _Listener:

@@ -3,9 +3,10 @@
 - a Host allowlist on every request (DNS rebinding: a page on evil.example whose name
   is rebound to 127.0.0.1 sends Host: evil.example): loopback names, the bound address,
   the address the connection arrived on, and `[server] allowed_hosts`;
-- bound beyond loopback with no tokens, a control token made at start (`Access`);
-- tokens with a role each: `view` (receive only) or `control` (receive and send), from
-  `?token=` or `Authorization: Bearer`;
+- bound beyond loopback with no tokens, an admin token made at start (`Access`);
+- tokens with a role each: `view` (receive only), `control` (receive, send lines and
+  signals) or `admin` (also the device API: POST/PATCH/DELETE /api/devices), from
+  `?token=` or `Authorization: Bearer`; with no tokens (loopback) everyone is admin;
 - an Origin allowlist against cross-site WebSocket hijacking: a page on another origin
   opening ws://gateway/ in a victim's browser. The gateway's own origin, in any scheme,
   and clients that send no Origin (scripts, not browsers) are allowed by default;
@@ -123,7 +124,8 @@ class HostPolicy:
 class Access:
     """The gateway's effective access rules, fixed at start: the auth config (with a
     control token made here when the gateway is bound beyond loopback without tokens,
-    unless `[auth] anonymous = true`) and the Host policy."""
+    unless `[auth] anonymous = true`) and the Host policy. The token made here is an
+    admin token: whoever started the gateway may also add and remove devices."""
 
     def __init__(self, config: Config, token_factory: Callable[[], str] = lambda: secrets.token_urlsafe(18)):
         server, auth = config.server, config.auth
@@ -135,12 +137,19 @@ class Access:
                             "address may read and drive every device", server.host or "every address")
             else:
                 self.generated_token = token_factory()
-                auth = replace(auth, tokens=(Token(self.generated_token, "control"),))
+                auth = replace(auth, tokens=(Token(self.generated_token, "admin"),))
         self.auth = auth
+        # Without tokens: everyone is admin on loopback; bound beyond it with anonymous =
+        # true, everyone may drive the devices (control) but not add or remove them.
+        self.open_role = "admin" if self.loopback else "control"
         own = [server.host.strip("[]") and address_name(server.host.strip("[]"))]
         if not self.loopback:
             own.append(socket.gethostname())
         self.hosts = HostPolicy(server.allowed_hosts, own)
+
+    def role(self, environ: dict) -> str | None:
+        """The request's role (its token's), or None when it must be refused (401)."""
+        return role_for(self.auth, token_from(environ), self.open_role)
 
 
 def token_from(environ: dict) -> str | None:
@@ -151,10 +160,11 @@ def token_from(environ: dict) -> str | None:
     return values[-1] if values else None
 
 
-def role_for(auth: AuthConfig, token: str | None) -> str | None:
-    """The token's role; "control" when no token is configured; None when refused."""
+def role_for(auth: AuthConfig, token: str | None, open_role: str = "admin") -> str | None:
+    """The token's role; `open_role` when no token is configured (Access.open_role:
+    admin on loopback, control when anonymous beyond it); None when refused."""
     if not auth.tokens:
-        return "control"
+        return open_role
     if not token:
         return None
     role = None
@@ -163,6 +173,14 @@ def role_for(auth: AuthConfig, token: str | None) -> str | None:
         if hmac.compare_digest(t.token.encode(), token.encode()):
             role = t.role
     return role
+
+
+SENDING_ROLES = frozenset({"control", "admin"})
+
+
+def may_send(role: str | None) -> bool:
+    """Lines and signals to a device: control and admin."""
+    return role in SENDING_ROLES
 
 
 def origin_allowed(auth: AuthConfig, origin: str | None, host: str | None,

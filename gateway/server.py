@@ -10,6 +10,14 @@ dropped (its socket shut down, so its thread ends), so a flood of connections th
 finish their request holds a bounded number of threads.
 
 Every request, HTTP and WebSocket, passes the Host check (DNS rebinding) before any route.
+
+The device API (SPEC section 8), admin role: `POST /api/devices` (a device table as JSON:
+201, 400 naming the key and value, 409 when the name is taken), `PATCH /api/devices/NAME`
+(changes keys and reopens it), `DELETE /api/devices/NAME`. A browser may only call it
+from an allowed origin and with `Content-Type: application/json` (which a cross-site form
+cannot send, and a cross-site fetch may not without a CORS preflight this server never
+answers). `GET /api/ports` lists the serial ports (gateway/ports.py); `WS /ws/_events`
+streams port and device events (gateway/events.py).
 """
 
 from __future__ import annotations
@@ -31,13 +39,16 @@ from ws4py.server.wsgirefserver import WebSocketWSGIHandler, WebSocketWSGIReques
 from ws4py.server.wsgiutils import WebSocketWSGIApplication
 
 from .client import Options
+from .config import ConfigError, device_from, device_table
 from .counts import parse_count
+from .events import NAME as EVENTS
 from .hub import FORMATS
-from .security import origin_allowed, role_for, token_from
+from .security import origin_allowed
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # the served example pages: package data
+MAX_BODY = 65536  # bytes of a device API request
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
                 ".ico": "image/x-icon", ".txt": "text/plain; charset=utf-8"}
@@ -233,6 +244,19 @@ def parse_ws_options(query: str, offered: list[str], role: str = "control") -> t
     return Options(fmt=fmt, history=count("history"), since=count("since"), run=one("run"), role=role), chosen
 
 
+def parse_events_options(query: str, offered: list[str]) -> str | None:
+    """/ws/_events: json only; the subprotocol to answer."""
+    params = parse_qs(query, keep_blank_values=True)
+    for key, values in params.items():
+        if key not in ("format", "token"):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown parameter {key!r} (known: format, token)")
+        if key == "format" and values[-1] != "json":
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"/ws/_events is json only, not {values[-1]!r}")
+    if not offered:
+        return None
+    return "json" if "json" in offered else offered[0]
+
+
 def local_address_of(environ) -> str | None:
     """The address the client connected to (with a wildcard bind, one of this machine's)."""
     sock = environ.get("ws4py.socket")
@@ -274,9 +298,13 @@ class GatewayApp:
             self.check_host(environ)
             if path.startswith("/ws/"):
                 return self.websocket(environ, start_response, path[4:])
-            if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            method = environ.get("REQUEST_METHOD")
+            if method in ("POST", "PATCH", "DELETE") and (path == "/api/devices" or path.startswith("/api/devices/")):
+                status, headers, body = self.device_api(method, path[len("/api/devices/"):], environ)
+            elif method not in ("GET", "HEAD"):
                 raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "only GET here")
-            status, headers, body = self.route(path, environ)
+            else:
+                status, headers, body = self.route(path, environ)
         except HttpError as exc:
             status, headers, body = exc.status, [("Content-Type", "text/plain; charset=utf-8")], (exc.message + "\n").encode()
             if exc.status == HTTPStatus.UNAUTHORIZED:
@@ -299,12 +327,14 @@ class GatewayApp:
 
     def route(self, path: str, environ):
         gw = self.gateway
-        if path in ("/api/devices", "/metrics") and role_for(self.access.auth, token_from(environ)) is None:
+        if path in ("/api/devices", "/api/ports", "/metrics") and self.access.role(environ) is None:
             raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
         if path == "/healthz":
             return json_body({"status": "ok", "devices": {name: link.state.value for name, link in gw.links.items()}})
         if path == "/api/devices":
             return json_body(gw.describe_devices())
+        if path == "/api/ports":
+            return json_body(gw.list_ports())
         if path == "/metrics":
             from . import metrics  # prometheus_client is imported only when scraped
 
@@ -323,6 +353,85 @@ class GatewayApp:
                 raise HttpError(HTTPStatus.NOT_FOUND, "examples/arrows.html is not here") from None
             return HTTPStatus.OK, [("Content-Type", STATIC_TYPES[".html"]), ("Cache-Control", "no-cache")], body
         raise HttpError(HTTPStatus.NOT_FOUND, f"no such route: {path}")
+
+    # -- the device API (admin) --------------------------------------------------------
+
+    def device_api(self, method: str, name: str, environ):
+        gw = self.gateway
+        role = self.access.role(environ)
+        if role is None:
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
+        if role != "admin":
+            raise HttpError(HTTPStatus.FORBIDDEN, f"role {role} may not add, change or remove devices: "
+                                                  "the device API wants an admin token")
+        origin = environ.get("HTTP_ORIGIN")
+        if not origin_allowed(self.access.auth, origin, environ.get("HTTP_HOST"),
+                              lambda h: self.access.hosts.allows(h, local_address_of(environ))):
+            log.warning("%s: %s /api/devices from origin %r refused", peer_of(environ), method, origin)
+            raise HttpError(HTTPStatus.FORBIDDEN, "origin not allowed")
+        where = f"{method} /api/devices" + (f"/{name}" if name else "")
+        if method == "POST":
+            if name:
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "POST /api/devices adds a device: no name in the path")
+            try:
+                dev = device_from(self.json_request(environ), where, "")
+            except ConfigError as exc:
+                raise HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+            try:
+                gw.add_device(dev)
+            except ValueError:
+                raise HttpError(HTTPStatus.CONFLICT, f"{where}: name = {dev.name!r}: a device has this name") from None
+            log.info("device %s added (%s) by %s", dev.name, gw.links[dev.name].transport.describe(), peer_of(environ))
+            return json_body(gw.describe_devices(dev.name)[0], HTTPStatus.CREATED)
+        if not name or "/" in name:
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} wants a device: /api/devices/NAME")
+        link = gw.links.get(name)
+        if link is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}")
+        if method == "DELETE":
+            try:
+                gw.remove_device(name)
+            except KeyError:
+                raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}") from None
+            log.info("device %s removed by %s", name, peer_of(environ))
+            return json_body({"name": name, "removed": True})
+        changes = self.json_request(environ)
+        if "name" in changes and changes["name"] != name:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"{where}: name = {changes['name']!r}: a device keeps its name")
+        # A key set to null goes back to its default.
+        table = {k: v for k, v in {**device_table(link.config), **changes}.items() if v is not None}
+        try:
+            dev = device_from(table, where, "")
+        except ConfigError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        try:
+            gw.update_device(name, dev)
+        except KeyError:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}") from None
+        log.info("device %s changed (%s) by %s", name, ", ".join(sorted(changes)), peer_of(environ))
+        return json_body(gw.describe_devices(name)[0])
+
+    @staticmethod
+    def json_request(environ) -> dict:
+        """The request's JSON object; 400/413/415 with one line when it is not one."""
+        ctype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                            f"send the device as JSON with Content-Type: application/json, not {ctype or 'none'!r}")
+        try:
+            length = parse_count(environ.get("CONTENT_LENGTH") or "0")
+        except ValueError:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "Content-Length must be a whole number") from None
+        if length > MAX_BODY:
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"at most {MAX_BODY} bytes of JSON")
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HttpError(HTTPStatus.BAD_REQUEST, 'expected an object such as {"name": "esp", "url": "serial:///dev/ttyUSB0"}')
+        return body
 
     def static(self, name: str):
         if not name or "/" in name.replace("vendor/", "", 1) or name.startswith(".") or ".." in name:
@@ -345,26 +454,32 @@ class GatewayApp:
             gw.stats.handshakes_refused_origin += 1
             log.warning("%s: WebSocket from origin %r refused", peer_of(environ), environ.get("HTTP_ORIGIN"))
             raise HttpError(HTTPStatus.FORBIDDEN, "origin not allowed")
-        role = role_for(auth, token_from(environ))
+        role = self.access.role(environ)
         if role is None:
             gw.stats.handshakes_refused_auth += 1
             log.warning("%s: WebSocket without a valid token refused", peer_of(environ))
             raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
         link = gw.links.get(name)
-        if link is None:
+        if link is None and name != EVENTS:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r} (devices: {', '.join(gw.links)})")
         if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
             raise HttpError(HTTPStatus.BAD_REQUEST, "this is a WebSocket endpoint: connect with a WebSocket client")
         offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
         try:
-            options, chosen = parse_ws_options(environ.get("QUERY_STRING", ""), offered, role)
+            if link is None:
+                options, chosen = None, parse_events_options(environ.get("QUERY_STRING", ""), offered)
+            else:
+                options, chosen = parse_ws_options(environ.get("QUERY_STRING", ""), offered, role)
         except HttpError:
             gw.stats.handshakes_bad += 1
             raise
         if gw.client_count() >= gw.config.limits.max_clients:
             gw.stats.handshakes_refused_full += 1
             raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
-        client = gw.new_client(link, options, peer_of(environ))
+        if link is None:
+            client = gw.new_event_client(role, peer_of(environ))
+        else:
+            client = gw.new_client(link, options, peer_of(environ))
         environ.update(gw.socket_environ(client))
         ws_app = WebSocketWSGIApplication(protocols=[chosen] if chosen else None, handler_cls=gw.socket_class)
         try:

@@ -20,7 +20,7 @@ from playwright.sync_api import expect, sync_playwright
 from conftest import assert_no_gateway_threads, free_port, ws_url
 from gateway.app import Gateway
 from gateway.cli import base_urls, token_query
-from gateway.config import AuthConfig, Button, Config, DeviceConfig, ServerConfig, Token
+from gateway.config import AuthConfig, Button, Config, DeviceConfig, SerialConfig, ServerConfig, Token
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -51,9 +51,10 @@ def devices(interval: float = 0.0, dead_port: int | None = None) -> tuple[Device
 class GatewayRunner:
     """A gateway that can be stopped and started again on the same port."""
 
-    def __init__(self, devs: tuple[DeviceConfig, ...], auth: AuthConfig | None = None, host: str = "127.0.0.1"):
+    def __init__(self, devs: tuple[DeviceConfig, ...], auth: AuthConfig | None = None, host: str = "127.0.0.1",
+                 serial: SerialConfig | None = None):
         self.config = Config(server=ServerConfig(host=host, port=free_port()), devices=devs,
-                             auth=auth or AuthConfig())
+                             auth=auth or AuthConfig(), serial=serial or SerialConfig())
         self.gw: Gateway | None = None
         self.url = f"http://127.0.0.1:{self.config.server.port}"  # where the page is opened
 
@@ -72,11 +73,11 @@ class GatewayRunner:
 
 @pytest.fixture
 def gateway():
-    """gateway(devices, auth=None) -> a started GatewayRunner; stopped at teardown."""
+    """gateway(devices, auth=None, serial=None) -> a started GatewayRunner; stopped at teardown."""
     runners = []
 
-    def start(devs, auth=None, host="127.0.0.1"):
-        runner = GatewayRunner(devs, auth, host)
+    def start(devs, auth=None, host="127.0.0.1", serial=None):
+        runner = GatewayRunner(devs, auth, host, serial)
         runner.start()
         runners.append(runner)
         return runner
@@ -268,7 +269,7 @@ def test_page_loads_connects_sends_and_presses_buttons(gateway, open_page):
     expect(page.locator("#log .row.err")).to_contain_text("device bench is")
     shot(page, "error")
 
-    assert all("format=json" in u for u in watch.sockets), watch.sockets
+    assert all("format=json" in u for u in watch.sockets if "/ws/_events" not in u), watch.sockets
     assert any(u.startswith(runner.url + "/api/devices") for u in watch.requests)
     watch.assert_clean()
 
@@ -346,11 +347,12 @@ def test_log_pause_clear_copy_and_telemetry_filter(gateway, open_page):
 
 def test_reconnects_after_network_drop_and_gateway_restart(gateway, open_page):
     runner = gateway(devices())
-    attempts = []          # every WebSocket the page opened, as routed through Playwright
+    attempts = []          # every WebSocket the page opened to the device, as routed through Playwright
     held = {"on": False}   # while on, the page's attempts fail as if the network were down
 
     def route_ws(ws):
-        attempts.append(ws)
+        if "/ws/_events" not in ws.url:  # the gateway's event stream is the page's other socket
+            attempts.append(ws)
         if held["on"]:
             ws.close(code=4000, reason="network down (test)")
         else:

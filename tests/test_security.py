@@ -126,7 +126,7 @@ def test_origin_rules():
 
 
 def test_roles_rules():
-    assert role_for(AuthConfig(), None) == "control"
+    assert role_for(AuthConfig(), None) == "admin"  # no tokens (loopback): everyone is admin
     auth = AuthConfig(tokens=TOKENS)
     assert role_for(auth, "look-only") == "view"
     assert role_for(auth, "s3cre") is None and role_for(auth, "") is None and role_for(auth, None) is None
@@ -362,14 +362,14 @@ def test_a_token_is_made_when_bound_beyond_loopback_without_tokens(caplog):
     assert Access(Config(server=ServerConfig(host="localhost"))).generated_token is None
     access = Access(Config(server=ServerConfig(host="0.0.0.0")), token_factory=lambda: "made-at-start")
     assert access.generated_token == "made-at-start"
-    assert role_for(access.auth, "made-at-start") == "control" and role_for(access.auth, None) is None
+    assert role_for(access.auth, "made-at-start") == "admin" and role_for(access.auth, None) is None
     assert Access(Config(server=ServerConfig(host="0.0.0.0"))).generated_token != Access(
         Config(server=ServerConfig(host="0.0.0.0"))).generated_token
     configured = Access(Config(server=ServerConfig(host="0.0.0.0"), auth=AuthConfig(tokens=TOKENS)))
     assert configured.generated_token is None and configured.auth.tokens == TOKENS
     with caplog.at_level(logging.WARNING, logger="gateway.security"):
         anonymous = Access(Config(server=ServerConfig(host="::"), auth=AuthConfig(anonymous=True)))
-    assert anonymous.generated_token is None and role_for(anonymous.auth, None) == "control"
+    assert anonymous.generated_token is None and anonymous.role({}) == "control"  # not admin
     assert [r.levelname for r in caplog.records] == ["WARNING"] and "anonymous = true" in caplog.records[0].message
 
 

@@ -101,7 +101,7 @@ def test_json_hello_ack_line_and_telemetry_data(start_gateway):
     ws = connect(gw, format="json")
     hello = recv_json(ws)
     assert hello == {"type": "hello", "client": hello["client"], "device": "sim", "run": gw.run_id,
-                     "seq": 0, "state": "connected", "role": "control"}
+                     "seq": 0, "state": "connected", "role": "admin"}
     ws.send('{"type": "ping", "id": 1}')
     assert recv_json(ws) == {"type": "pong", "id": 1}
     ws.send(json.dumps({"line": "GET temp", "id": 7}))

@@ -27,8 +27,13 @@ class SimulatedDevice:
         if not math.isfinite(interval) or interval < 0:
             raise ValueError("interval must be a finite number of seconds >= 0")
         self.clock = clock
-        self.started = clock()
-        self.interval = float(interval)
+        self.default_interval = float(interval)
+        self.reboot()
+
+    def reboot(self) -> None:
+        """A reset: uptime from 0, the LED off, the telemetry interval back to its default."""
+        self.started = self.clock()
+        self.interval = self.default_interval
         self.led = 0
         self._next_telemetry = self.started + self.interval
 

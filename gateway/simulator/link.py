@@ -24,6 +24,14 @@ Faults (`FAULT` commands answer `OK FAULT ...` first; a schedule acts unannounce
 - `NOISE`: the ESP8266's 74880-baud boot noise as read at 115200, then CR LF.
 - `PARTIAL`: half a telemetry line, then nothing until the next line arrives; then the
   rest of that line, then the answers.
+
+The auto-reset circuit of a NodeMCU / Wemos board (`set_signals(dtr, rts)`, True =
+asserted): EN is held low while RTS is asserted and DTR is not; GPIO0 is held low while
+DTR is asserted and RTS is not. While EN is low the board is in reset: silent, deaf.
+When EN goes high again the board boots: the ROM's 74880-baud boot noise (raw bytes, as
+`FAULT NOISE`), then, with GPIO0 high, the `ready` line and a fresh start (uptime 0,
+LED off, the default interval); with GPIO0 low, the ROM loader, which answers no line of
+the protocol until the next reset (`in_bootloader`). `set_break` has no effect.
 """
 
 from __future__ import annotations
@@ -167,6 +175,11 @@ class Link:
         self._free_at = 0.0  # pacing: when the bytes sent so far are through the wire
         self._stall_until = 0.0
         self._held: bytes | None = None  # PARTIAL: the rest of the line, sent on input
+        self.dtr = False  # the modem lines as the gateway last set them (True: asserted)
+        self.rts = False
+        self.in_reset = False  # EN held low
+        self.in_bootloader = False  # booted with GPIO0 low: deaf to the line protocol
+        self.boots = 0
         now = clock()
         self._schedule = [[entry, now + entry.every] for entry in schedule]
 
@@ -178,7 +191,7 @@ class Link:
         if message_end:
             lines += self._decoder.flush()
         for line in lines:
-            if self.dropped:
+            if self.dropped or self.in_reset or self.in_bootloader:
                 return
             if self._held is not None:
                 self._queue.appendleft(self._held)
@@ -240,7 +253,7 @@ class Link:
             ready = max(paced, self._stall_until)
             if self._queue:
                 times.append(ready)
-            else:
+            elif self._telemetry_allowed():
                 due = self.device.seconds_to_telemetry()
                 if due is not None:
                     times.append(max(ready, now + due))
@@ -275,6 +288,8 @@ class Link:
             if buf or self.dropped or self._held is not None or now < self._stall_until:
                 return
             if not queue:
+                if not self._telemetry_allowed():
+                    return
                 line = self.device.telemetry_due()
                 if line is not None:
                     buf += line.encode() + b"\n"
@@ -316,6 +331,40 @@ class Link:
             self.down_for = seconds
         else:
             self._stall_until = now + seconds
+
+    # -- the auto-reset circuit ----------------------------------------------------------
+
+    def set_signals(self, dtr: bool | None = None, rts: bool | None = None) -> None:
+        """DTR and RTS as the gateway sets them (None: unchanged), both at once."""
+        if dtr is not None:
+            self.dtr = dtr
+        if rts is not None:
+            self.rts = rts
+        en_low = self.rts and not self.dtr
+        if en_low and not self.in_reset:
+            self.in_reset = True
+            self._queue.clear()  # what the board was saying is cut off
+            self._buf.clear()
+            self._held = None
+            self._decoder.reset()
+        elif not en_low and self.in_reset:
+            self.in_reset = False
+            self._boot(bootloader=self.dtr and not self.rts)
+
+    def set_break(self, on: bool) -> None:
+        """A BREAK: the simulated board ignores it."""
+
+    def _boot(self, bootloader: bool) -> None:
+        self.boots += 1
+        self.in_bootloader = bootloader
+        self.device.reboot()
+        self._stall_until = 0.0
+        self._buf += BOOT_NOISE
+        if not bootloader:
+            self._queue.append(iter(["ready"]))
+
+    def _telemetry_allowed(self) -> bool:
+        return not (self.in_reset or self.in_bootloader)
 
     def reset(self) -> None:
         """A new connection: forget what was queued for, or half read from, the old one."""

@@ -1,11 +1,17 @@
 /* The gateway's control page: device list, one device's stream (json mode), send box,
- * configured buttons, live log and a live telemetry chart (uPlot, vendored).
+ * configured buttons, live log and a live telemetry chart (uPlot, vendored); the Ports
+ * panel (ports.js), the device settings (settings.js) and the Terminal view (terminal.js,
+ * xterm.js vendored) are modules of their own.
  *
- * Plain JS, no build step. Everything comes from the gateway itself: /api/devices for
- * the list and /ws/NAME?format=json for the stream (SPEC sections 3 and 4). A `?token=`
- * in the page URL is passed on to both.
+ * Plain JS modules, no build step. Everything comes from the gateway itself: /api/devices
+ * for the list, /ws/NAME?format=json for the stream (SPEC sections 3 and 4), /api/ports
+ * and /ws/_events for ports and device changes (section 8). A `?token=` in the page URL
+ * is passed on to all of them.
  */
-"use strict";
+import { $, el, token, toast, withToken, wsUrl } from "./util.js";
+import { EventsStream, PortsPanel } from "./ports.js";
+import { DeviceSettings } from "./settings.js";
+import { TerminalView } from "./terminal.js";
 
 (function () {
   const HISTORY = 200;          // device lines replayed when a device is opened
@@ -18,21 +24,6 @@
   const SEND_HISTORY_MAX = 100;
   const COLORS = ["#1f77b4", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#0c8599", "#f08c00", "#5c940d", "#862e9c", "#495057"];
   const ARROWS = { ArrowUp: "up", ArrowDown: "down", ArrowLeft: "left", ArrowRight: "right" };
-
-  const $ = (id) => document.getElementById(id);
-  const token = new URLSearchParams(location.search).get("token");
-
-  function withToken(path) {
-    if (!token) return path;
-    return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-  }
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
 
   /* A log row's time cell: HH:MM:SS, then .mmm (hidden at phone width). */
   function clock(ms) {
@@ -54,14 +45,6 @@
 
   function save(key, value) {
     try { localStorage.setItem("gateway." + key, JSON.stringify(value)); } catch (e) { /* private mode */ }
-  }
-
-  function toast(text) {
-    const t = $("toast");
-    t.textContent = text;
-    t.hidden = false;
-    clearTimeout(toast.timer);
-    toast.timer = setTimeout(() => { t.hidden = true; }, 2000);
   }
 
   /* ---------------------------------------------------------------- devices -- */
@@ -111,10 +94,14 @@
       fresh.add(d.name);
     }
     renderDevices();
-    if (current && devices.has(current)) renderDeviceHead(devices.get(current));
+    if (current && devices.has(current)) {
+      renderDeviceHead(devices.get(current));
+      settings.show(devices.get(current));
+    }
     if (current && !devices.has(current) && stream && stream.phase !== "closed") {
       stream.close();  // its reconnects would only be refused
       stream.setPhase("closed");
+      terminal.disconnect();
       log.add("err", "device " + current + " is not on this gateway any more: choose another");
     }
     if (!current && list.length) {
@@ -204,11 +191,13 @@
     document.title = name + " — gateway";
     history.replaceState(null, "", location.pathname + location.search + "#" + encodeURIComponent(name));
     const d = devices.get(name) || { name, kind: "", state: "disconnected", buttons: [] };
-    for (const id of ["device-head", "chart-card", "control-card", "log-card"]) $(id).hidden = false;
+    for (const id of ["device-head", "chart-card", "control-card", "settings-card", "log-card"]) $(id).hidden = false;
     $("empty-main").hidden = true;
     renderDevices();
     renderDeviceHead(d);
     renderButtons(d.buttons || []);
+    settings.show(d);
+    terminal.open(name);
     log.clear();
     chart.reset(name);
     sendHistory.load(name);
@@ -242,11 +231,10 @@
     }
 
     url() {
-      const proto = location.protocol === "https:" ? "wss:" : "ws:";
       let q = "format=json";
       if (this.run === null) q += "&history=" + HISTORY;
       else q += "&since=" + this.seq + "&run=" + encodeURIComponent(this.run);
-      return withToken(proto + "//" + location.host + "/ws/" + encodeURIComponent(this.device) + "?" + q);
+      return wsUrl("/ws/" + encodeURIComponent(this.device) + "?" + q);
     }
 
     connect() {
@@ -326,6 +314,7 @@
       $("send-button").disabled = !canSend;
       $("send-button").title = live && !canSend ? "this token may only watch" : "";
       for (const b of $("device-buttons").querySelectorAll("button")) b.disabled = !canSend;
+      settings.setLink(live, this.role === undefined ? null : this.role);
     }
 
     showPhase() {
@@ -347,13 +336,19 @@
     }
 
     send(line, label) {
+      return this.sendMessage({ line }, line, label);
+    }
+
+    /* A json message with an id (a line, or a signal such as {"type": "reset"}), logged as
+     * `text` until its ack or error. */
+    sendMessage(message, text, label) {
       if (this.phase !== "live" || !this.ws) {
-        log.add("err", "not connected: not sent: " + line);
+        log.add("err", "not connected: not sent: " + text);
         return false;
       }
       const id = this.nextId++;
-      this.ws.send(JSON.stringify({ line, id }));
-      this.pending.set(id, log.add("tx", line, { label }));
+      this.ws.send(JSON.stringify({ ...message, id }));
+      this.pending.set(id, log.add("tx", text, { label, signal: !("line" in message) }));
       return true;
     }
 
@@ -413,6 +408,10 @@
       this.run = msg.run;
       this.role = msg.role || "control";
       this.attempt = 0;
+      terminal.setCanSend(this.role !== "view");
+      ports.setCanAdd(this.role === "admin");
+      terminal.retryNow();  // the gateway is back: so is everything else's
+      startEvents();
       clearTimeout(this.helloTimer);
       chart.resetClock();
       setDeviceState(this.device, msg.state);
@@ -451,7 +450,7 @@
 
     add(kind, text, opts) {
       opts = opts || {};
-      const row = el("div", "row " + kind + (opts.tele ? " tele" : "") + (opts.gap ? " gap" : ""));
+      const row = el("div", "row " + kind + (opts.tele ? " tele" : "") + (opts.gap ? " gap" : "") + (opts.signal ? " signal" : ""));
       row.dataset.text = text;
       const glyph = { rx: "←", tx: "→", err: "✕", sys: "•" }[kind] || "";
       row.append(
@@ -900,6 +899,7 @@
     save("window", chart.windowSec);
     if (chart.u) chart.build();  // tick labels depend on the window
   });
+  $("term-toggle").addEventListener("click", () => showTerminal(!terminal.visible));
   $("retry-now").addEventListener("click", () => stream && stream.retryNow());
   window.addEventListener("online", () => stream && stream.retryNow());
   window.addEventListener("offline", () => stream && stream.drop());
@@ -909,5 +909,81 @@
   matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => chart.u && chart.build());
   setInterval(() => chart.draw(), 1000);  // scroll the time window even when quiet
 
+  /* ------------------------------------------------ ports, settings, terminal -- */
+
+  const terminal = new TerminalView();
+  const settings = new DeviceSettings({
+    send: (message, text, label) => stream && stream.sendMessage(message, text, label),
+    onChanged: () => refreshDevices(),
+    onRemoved: (name) => deviceRemoved(name),
+  });
+
+  /* A device was taken off the gateway (by this page or another): if it was open, its
+   * stream is over (no reconnecting to a device that is gone) and the next one opens. */
+  function deviceRemoved(name) {
+    devices.delete(name);
+    fresh.delete(name);
+    if (name === current) {
+      if (stream) stream.close();
+      terminal.disconnect();
+      current = null;
+      for (const id of ["device-head", "chart-card", "control-card", "settings-card", "log-card"]) $(id).hidden = true;
+      terminal.show(false);
+      $("empty-main").hidden = false;
+      $("link-state").dataset.state = "idle";
+      $("link-text").textContent = "no device open";
+      $("banner").hidden = true;
+      toast("Device " + name + " was removed");
+    }
+    renderDevices();
+    refreshDevices();
+  }
+  const ports = new PortsPanel({
+    onOpened: async (name) => {
+      await refreshDevices();
+      if (devices.has(name)) openDevice(name);
+    },
+    isTaken: (name) => devices.has(name),
+  });
+
+  function showTerminal(visible) {
+    terminal.show(visible);
+    $("term-toggle").setAttribute("aria-pressed", String(visible));
+    $("streams").classList.toggle("split", visible);
+    save("terminal", visible);
+  }
+
+  /* Device and port changes, pushed by the gateway: the list follows at once (the poll
+   * stays, for a gateway without the event stream). */
+  const events = new EventsStream({
+    onOpen: () => ports.load(),
+    onMessage: (msg) => {
+      if (msg.type === "hello") {
+        ports.setCanAdd(msg.role === "admin");
+      } else if (msg.type === "port") {
+        ports.onEvent(msg);
+      } else if (msg.type === "device") {
+        if (msg.event === "state" && devices.has(msg.device) && typeof msg.state === "string") {
+          setDeviceState(msg.device, msg.state);
+        } else if (msg.event === "removed") {
+          deviceRemoved(msg.device);
+          ports.load();  // its port is free again
+        } else if (msg.event === "added") {
+          refreshDevices();
+          ports.load();  // a port is in use
+        }
+      }
+    },
+  });
+
+  /* The event stream is section 8, like /api/ports: it is opened once the ports were
+   * listed (a gateway without them has neither; a token refused there is refused here). */
+  async function startEvents() {
+    if (events.started) return events.retryNow();
+    if ((await ports.load()) && !events.started) events.connect();
+  }
+
   refreshDevices();
+  startEvents();
+  if (store("terminal", false)) showTerminal(true);
 })();

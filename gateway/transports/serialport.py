@@ -11,6 +11,12 @@ descriptor with poll, os.read and os.write. pyserial 3.5's own POSIX `read()` an
 thousand clients has those). The other pyserial URLs (`socket://`, `rfc2217://`,
 `loop://`, `spy://`) have no descriptor to watch and are read by a thread of their own
 through pyserial.
+
+Modem control (`signals`: serial://, hwgrep://, rfc2217://): `set_signals(dtr, rts)` and
+`set_break(on)` set pyserial's `dtr`, `rts` and `break_condition`. On a local port these
+are ioctls, quick enough for the I/O loop; an rfc2217:// port asks its server over the
+network and waits for the answer (`signals_block`: the device link runs them on a
+worker). The device link times a sequence (a reset, a BREAK of N ms) with loop timers.
 """
 
 from __future__ import annotations
@@ -70,6 +76,13 @@ class SerialTransport(Transport):
                 raise ValueError("a serial URL names a device path: serial:///dev/ttyUSB0")
             self.port_name = url.path
             self.settings = _serial_settings(options)
+        elif url.scheme == "hwgrep":
+            # pyserial's own options (n=N, skip_busy) go with the pattern after "&"; the
+            # port's settings (baudrate, ...) stand in the query, as for serial://.
+            ours = {k: v for k, v in options.items() if k not in ("n", "skip_busy")}
+            self.settings = _serial_settings(ours)
+            extra = "".join(f"&{k}={v}" if v else f"&{k}" for k, v in options.items() if k not in ours)
+            self.port_name = f"hwgrep://{url.netloc}{url.path}{extra}"
         else:
             # pyserial parses and checks its own query when the port opens.
             query = "&".join(f"{k}={v}" for k, v in options.items())
@@ -79,6 +92,8 @@ class SerialTransport(Transport):
         # of any write longer than the deadline at its emulated baud rate.
         self.write_timeout = WRITE_TIMEOUT if url.scheme in ("serial", "hwgrep") else None
         self.pollable = url.scheme in ("serial", "hwgrep")
+        self.signals = url.scheme in ("serial", "hwgrep", "rfc2217")  # DTR, RTS, BREAK
+        self.signals_block = url.scheme == "rfc2217"  # asks the server: not on the loop
         self.port: serial.SerialBase | None = None
         self.fd: int | None = None
 
@@ -187,6 +202,30 @@ class SerialTransport(Transport):
                 view = view[sent:]
             elif not poller.poll(WRITE_TIMEOUT * 1000):
                 raise WriteTimeout(f"device did not take the line within {WRITE_TIMEOUT:g} s")
+
+    def set_signals(self, dtr: bool | None, rts: bool | None) -> None:
+        """Assert (True) or release (False) DTR and RTS; None leaves one as it is."""
+        port = self.port
+        if port is None:
+            raise TransportError("port is closed")
+        try:
+            if dtr is not None:
+                port.dtr = dtr
+            if rts is not None:
+                port.rts = rts
+        except (serial.SerialException, OSError, ValueError) as exc:
+            # A pty has no modem lines: ENOTTY / EINVAL.
+            raise TransportError(f"{self.port_name} cannot set DTR/RTS: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def set_break(self, on: bool) -> None:
+        """Start (True) or end (False) a BREAK; the caller times it."""
+        port = self.port
+        if port is None:
+            raise TransportError("port is closed")
+        try:
+            port.break_condition = on
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise TransportError(f"{self.port_name} cannot send a BREAK: {getattr(exc, 'strerror', None) or exc}") from None
 
     def wakeup(self) -> None:
         self.cancel()

@@ -12,6 +12,10 @@ Options: `interval` (seconds between telemetry lines, default 1, or 0 with `repl
 fast as possible). A dropped link (`FAULT DROP [SECONDS]`) makes the next `read()` raise
 TransportError, so the gateway sees the device vanish mid-line; `open()` fails for
 SECONDS, then opens a fresh device (uptime 0, LED off, the replay from its start).
+
+Signals (`set_signals`, `set_break`) go to the link's model of the board's auto-reset
+circuit (gateway/simulator/link.py): a reset reboots it, the bootloader sequence leaves
+it in its ROM loader. Called on the I/O loop; they take the lock only briefly.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ OPTIONS = ("interval", "baud", "faults", "replay", "speed")
 
 class SimTransport(Transport):
     wakes_up = True
+    signals = True  # DTR, RTS, BREAK: the simulated auto-reset circuit
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         super().__init__(url, options)
@@ -121,6 +126,19 @@ class SimTransport(Transport):
                 raise TransportError("the simulated link dropped (FAULT DROP)")
             link.receive(data)
             self._cond.notify()
+
+    def set_signals(self, dtr: bool | None, rts: bool | None) -> None:
+        with self._cond:
+            if self.link is None:
+                raise TransportError("simulator is closed")
+            self.link.set_signals(dtr, rts)
+            self._cond.notify()
+
+    def set_break(self, on: bool) -> None:
+        with self._cond:
+            if self.link is None:
+                raise TransportError("simulator is closed")
+            self.link.set_break(on)
 
     def cancel(self) -> None:
         with self._cond:
