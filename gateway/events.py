@@ -92,7 +92,7 @@ class EventClient:
 
     def deliver(self, items: list[bytes]) -> None:
         if self.outbox is not None:
-            self.outbox.put_many(items)
+            self.outbox.send_frames(items, True)
 
     def send_json(self, msg: dict) -> None:
         self.deliver([_frame(msg)])
