@@ -108,6 +108,13 @@ def test_an_idle_loop_sleeps(manager):
                     return int(line.split()[1])
         raise AssertionError("no voluntary_ctxt_switches")
 
+    def asleep() -> bool:
+        with open(f"/proc/{os.getpid()}/task/{native}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "S"
+
+    # The round that ran done.set() may still be finishing: wait until the thread is
+    # blocked, so that going to sleep is not counted as a wake-up.
+    wait_for(lambda: asleep() and asleep(), what="the loop to sleep")
     before = switches()
     ticks = cpu_ticks()
     time.sleep(1.0)  # the measurement window: the loop must not wake in it
