@@ -150,8 +150,15 @@ class ClientSocket(WebSocket):
         return True
 
     def _send_now(self, items: list[bytes]) -> None:
-        data = items[0] if len(items) == 1 else b"".join(items)
         self.loop.stats.frames_sent += len(items)
+        if not self._send(items[0] if len(items) == 1 else b"".join(items), len(items)) \
+                and self.tail_frames >= self.high and not self.full:
+            self._set_full(True)
+
+    def _send(self, data: bytes, count: int) -> bool:
+        """One non-blocking send of `data` (`count` frames). False when the socket did
+        not take all of it (the rest is kept as `tail`, EPOLLOUT asked for) or failed
+        (the connection is then closed)."""
         try:
             sent = self.sock.send(data)
         except _RETRY:
@@ -159,15 +166,19 @@ class ClientSocket(WebSocket):
         except (OSError, ValueError) as exc:
             log.info("client %s: send failed: %s", self.label, exc)
             self._close()
-            return
+            return False
         if sent == len(data):
-            return
+            self.tail = b""
+            self.tail_frames = 0
+            return True
         self.tail = data[sent:]
-        self.tail_frames = max(1, -(-len(items) * len(self.tail) // len(data)))
-        self.watching_out = True
-        self.loop.modify(self.fd, EPOLLIN | EPOLLOUT)
-        if self.tail_frames >= self.high:
-            self._set_full(True)
+        # Frames still (partly) unsent, in proportion: counting the whole batch would
+        # make a client that keeps reading look full (flow control).
+        self.tail_frames = max(1, -(-count * len(self.tail) // len(data)))
+        if not self.watching_out:
+            self.watching_out = True
+            self.loop.modify(self.fd, EPOLLIN | EPOLLOUT)
+        return False
 
     def flush(self) -> None:
         """Send what is queued, without blocking; keep the unsent tail."""
@@ -189,25 +200,10 @@ class ClientSocket(WebSocket):
                 count = self.tail_frames + len(batch)
             else:
                 data, count = self.tail, self.tail_frames
-            try:
-                sent = self.sock.send(data)
-            except _RETRY:
-                sent = 0
-            except (OSError, ValueError) as exc:
-                log.info("client %s: send failed: %s", self.label, exc)
-                self._close()
-                return
-            if sent < len(data):
-                self.tail = data[sent:]
-                # Frames still (partly) unsent, in proportion: counting the whole batch
-                # would make a client that keeps reading look full (flow control).
-                self.tail_frames = max(1, -(-count * len(self.tail) // len(data)))
-                if not self.watching_out:
-                    self.watching_out = True
-                    self.loop.modify(self.fd, EPOLLIN | EPOLLOUT)
+            if not self._send(data, count):
+                if self.state is ConnState.CLOSED:
+                    return
                 break
-            self.tail = b""
-            self.tail_frames = 0
         if not self.tail and self.watching_out:
             self.watching_out = False
             self.loop.modify(self.fd, EPOLLIN)

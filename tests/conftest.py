@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -30,6 +31,19 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_process(proc) -> str | None:
+    """SIGTERM a gateway started as a process; it must exit 0 within 10 s (killed if
+    not). Its standard error, when that was piped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.communicate()[1]
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import stop_process, wait_for
 from gateway.config import ConfigError, from_dict
 from gateway.mdns import HTTP_TYPE, WS_TYPE, Advertiser
 
@@ -86,14 +86,7 @@ def run(tmp_path: Path, name: str, text: str, address: str):
 
 
 def stop(proc) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    stop_process(proc)
 
 
 def on_port(zc, seen: Seen, type_: str, port: int):

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 
 from gateway import __version__
 
@@ -102,15 +103,7 @@ def start(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[subproces
     return proc, m.group(1)
 
 
-def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.communicate()[1]
+stop = stop_process
 
 
 def test_installed_gateway_serves_page_assets_and_examples_from_the_package(installed, tmp_path):

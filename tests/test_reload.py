@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import websocket
 
-from conftest import wait_for
+from conftest import stop_process, wait_for
 
 ROOT = Path(__file__).parent.parent
 
@@ -48,14 +48,7 @@ def gateway(tmp_path):
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                assert proc.wait(timeout=10) == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-        proc.communicate()
+        stop_process(proc)
 
 
 def devices(url: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 import websocket
-from conftest import wait_for, ws_url
+from conftest import ws_url
 
 from gateway.config import ConfigError, DeviceConfig, parse_device_flag
 from gateway.signals import BOOTLOADER, NAMED, Step, parse_sequence
