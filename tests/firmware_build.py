@@ -39,25 +39,19 @@ MICROPYTHON_MAKE = [
 UMQTT = Path("lib/micropython-lib/micropython/umqtt.simple")
 MODES = ("LINK_SERIAL", "LINK_TCP_SERVER", "LINK_TCP_CLIENT", "LINK_UDP", "LINK_MQTT")
 
-# What the ESP8266 core has and its host emulation lacks (tests only, not the sample's).
-SHIM = """\
-#include <Arduino.h>
-#include <WiFiServer.h>
-#include <time.h>
-uint64_t micros64(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000ULL;
-}
-void WiFiServer::setNoDelay(bool nodelay) { _noDelay = nodelay ? _ndTrue : _ndFalse; }
-"""
+# micros64() and WiFiServer::setNoDelay(): the ESP8266 core has them, its host emulation not.
+SHIM = (STUBS / "esp8266_host_shim.cpp").read_text()
 
 
 def firmware_hosts() -> Path | None:
-    """The firmware-hosts folder: $FIRMWARE_HOSTS, ../shared/firmware-hosts beside the
-    checkout, or /work/shared/firmware-hosts; None when none of them exists."""
-    candidates = [os.environ.get("FIRMWARE_HOSTS"), ROOT.parent / "shared" / "firmware-hosts",
-                  ROOT.parent.parent / "shared" / "firmware-hosts", "/work/shared/firmware-hosts"]
+    """The firmware-hosts folder: $FIRMWARE_HOSTS when set, else ../shared/firmware-hosts
+    beside the checkout (or beside a worktree's parent), or /work/shared/firmware-hosts;
+    None when it is absent."""
+    if os.environ.get("FIRMWARE_HOSTS"):
+        candidates = [os.environ["FIRMWARE_HOSTS"]]
+    else:
+        candidates = [ROOT.parent / "shared" / "firmware-hosts", ROOT.parent.parent / "shared" / "firmware-hosts",
+                      "/work/shared/firmware-hosts"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "micropython").is_dir():
             return Path(candidate)
