@@ -123,7 +123,8 @@ def _core(hosts: Path) -> tuple[Path, list[str]]:
     shim = core / "shim" / "firmware_shim.cpp"
     args = ["make", "-j2", "FORCE32=0", f"ULIBDIRS={pubsub}", f"USERCXXSOURCES={shim}"]
     if not (core / "copied").exists():
-        shutil.rmtree(core, ignore_errors=True)
+        for stale in CACHE.glob("esp8266-core-*"):  # built from other sources: not needed again
+            shutil.rmtree(stale, ignore_errors=True)
         shutil.copytree(source, core, symlinks=True)
         shim.parent.mkdir()
         shim.write_text(SHIM)
@@ -156,6 +157,9 @@ def sketch_binary(hosts: Path, mode: str, **settings) -> Path:
         core, args = _core(hosts)
         key = tree_hash(core.name, source, *args)
         binary = CACHE / "sketches" / key / "esp8266_gateway.bin"
+        for old in (CACHE / "sketches").glob("*/esp8266_gateway.bin"):  # each session has new ports
+            if time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old.parent, ignore_errors=True)
         if binary.exists():
             BUILD_TIMES.setdefault(f"sketch {mode}", 0.0)
             return binary

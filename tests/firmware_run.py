@@ -13,6 +13,7 @@ a PtyBridge to a second pty that the gateway opens, as it would /dev/ttyUSB0.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -25,8 +26,10 @@ from pathlib import Path
 import websocket
 from conftest import free_port, ws_url
 from firmware_build import MICROPYTHON_SCRIPT, STUBS, micropython_binary, sketch_binary, umqtt_path
+from test_firmware_parity import EXAMPLES, mismatches
+from test_firmware_parity import TELEMETRY as TELEMETRY_PATTERN
 
-TELEMETRY = re.compile(r"temp=-?\d+\.\d{2} hum=\d+\.\d led=[01] uptime=\d+")
+TELEMETRY = re.compile(TELEMETRY_PATTERN)  # protocol.md's
 MAX_LINE = 1024  # both firmwares' line buffer
 
 SKETCH_MODES = {"serial": "LINK_SERIAL", "tcp-server": "LINK_TCP_SERVER", "tcp-client": "LINK_TCP_CLIENT",
@@ -205,10 +208,6 @@ class Client:
 def check_protocol(client: Client, burst: int = 1000) -> None:
     """Every row of protocol.md's table, GO `burst` whole and in order, ECHO at and past
     MAX_LINE, and SET interval's timing, through the gateway."""
-    import math
-
-    from test_firmware_parity import EXAMPLES, mismatches
-
     for example in EXAMPLES:
         client.ask("LED OFF")  # each row starts from a device with its LED off
         got = client.ask(*example.inputs)
