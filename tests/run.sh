@@ -12,6 +12,9 @@ command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)  # tests/test_mqtt.py
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)  # tests/test_metrics.py scrapes with a real one
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)  # tests/test_packaging.py: systemd-analyze verify
+# tests/test_firmware_*.py build the sample firmware (ESP8266 host emulation, MicroPython's unix port)
+command -v make >/dev/null 2>&1 || apt_packages+=(make)
+command -v g++ >/dev/null 2>&1 || apt_packages+=(g++)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "tests/run.sh: installing Debian packages: ${apt_packages[*]}"
   apt-get update -qq

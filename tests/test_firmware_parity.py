@@ -4,8 +4,9 @@ firmware_notes/protocol.md holds the contract: a command table whose `example in
 `example out` columns are run here against gateway.simulator.device.SimulatedDevice and
 against the MicroPython `Device` (firmware_notes/micropython/gateway_device.py, which
 CPython imports because it keeps `machine` and `network` out of module level), plus the
-telemetry pattern. The Arduino sketch cannot be compiled here; it follows the same table.
-No sockets, no sleeps: every device gets a clock the test moves by hand.
+telemetry pattern. No sockets, no sleeps: every device gets a clock the test moves by hand.
+The firmware on its real runtimes: tests/test_firmware_sketch.py, test_firmware_micropython.py
+and test_firmware_corpus.py.
 """
 
 from __future__ import annotations
@@ -48,10 +49,22 @@ class FakeClock:
         return self.now
 
 
+def ms(clock):
+    """The MicroPython Device counts whole milliseconds (its floats have 24 bits)."""
+    return lambda: round(clock() * 1000)
+
+
 DEVICES = {
     "simulator": lambda clock: SimulatedDevice(clock=clock),
-    "micropython": lambda clock: MP.Device(clock=clock),
+    "micropython": lambda clock: MP.Device(clock=ms(clock)),
 }
+
+
+def ms_to_telemetry(dev):
+    if isinstance(dev, SimulatedDevice):
+        seconds = dev.seconds_to_telemetry()
+        return None if seconds is None else round(seconds * 1000)
+    return dev.ms_to_telemetry()
 
 
 # -- reading protocol.md ----------------------------------------------------------------
@@ -356,7 +369,7 @@ def test_telemetry_comes_every_interval_seconds(device):
         return dev.telemetry_due()
 
     assert dev.interval == 1.0
-    assert dev.seconds_to_telemetry() == pytest.approx(1.0)
+    assert ms_to_telemetry(dev) == 1000
     assert due_at(0.999) is None
     assert re.fullmatch(TELEMETRY, due_at(1.0))
     assert due_at(1.0) is None
@@ -371,7 +384,7 @@ def test_telemetry_comes_every_interval_seconds(device):
     assert due_at(11.9) is None
     assert due_at(12.0) is not None
     assert list(dev.handle("SET interval 0")) == ["OK interval 0"]
-    assert dev.seconds_to_telemetry() is None
+    assert ms_to_telemetry(dev) is None
     assert due_at(1000) is None
 
 
@@ -388,6 +401,11 @@ TRICKY = [
     "SET interval 0.25", "SET interval 0", "SET interval .5", "GO", "GO 0", "GO 1",
     "GO +2", "GO 007", "GO -0", "GO 10000000", "GO 10000001", "GO 2.0", "GO ten",
     "GO 1 2", "HELLO", "FOO bar", "\x00", "ERR", "OK LED ON", "led=1",
+    # ASCII only (protocol.md): no Unicode spaces, case-folding, digits or underscores
+    "PING\xa0", "\u2003PING", "PING\u3000", "p\u0131ng", "LED \u00f6n", "GO \u0663", "GO 1_0",
+    "GO \uff11", "SET interval 1_0", "SET interval \u0661", "SET interval .", "SET interval e3",
+    "SET interval 1e", "SET interval +.5e-1", "SET\u2003interval 2", "SET interval\u20032", "\x1cPING",
+    "GO 00000000000000000003", "GO " + "9" * 5000, "GO -0000", "SET interval 0x10", "SET interval Infinity",
 ]
 
 
@@ -399,12 +417,12 @@ def test_micropython_answers_tricky_lines_like_the_simulator():
         for name, dev in devices.items():
             clocks[name].now = START + 0.7 * step
             answer = list(itertools.islice(dev.handle(line), 5))  # GO 10000000: a few
-            seen[name] = (answer, dev.telemetry_due(), dev.seconds_to_telemetry())
+            seen[name] = (answer, dev.telemetry_due(), ms_to_telemetry(dev))
         assert seen["micropython"] == seen["simulator"], f"after {line!r}"
 
 
 def test_go_burst_is_lazy_and_exact():
-    dev = MP.Device(clock=FakeClock())
+    dev = MP.Device(clock=ms(FakeClock()))
     burst = dev.handle("GO 10000000")
     assert not isinstance(burst, list)
     first = list(itertools.islice(burst, 3))
@@ -445,7 +463,7 @@ def test_line_buffer_finish_ends_a_message_and_decodes_bad_bytes():
 def test_link_answers_and_sends_telemetry():
     clock = FakeClock()
     sent: list[str] = []
-    link = MP.Link(MP.Device(clock=clock), sent.append, max_line=32)
+    link = MP.Link(MP.Device(clock=ms(clock)), sent.append, max_line=32)
     link.feed(b"PING\r\nLED O")
     assert sent == ["PONG"]
     link.feed(b"N\rGO 2\n")
@@ -455,7 +473,7 @@ def test_link_answers_and_sends_telemetry():
     link.message(b"GET led")
     assert sent == [MP.TOO_LONG, "led=1"]
     sent.clear()
-    assert link.wait_ms(cap_ms=5000) == 1001  # rounded up: never wakes before it is due
+    assert link.wait_ms(cap_ms=5000) == 1000  # whole ms: never wakes before it is due
     assert link.wait_ms(cap_ms=200) == 200
     link.tick()
     assert sent == []
@@ -471,7 +489,8 @@ def test_link_answers_and_sends_telemetry():
 
 def test_led_callback_and_sensor():
     changes = []
-    dev = MP.Device(clock=FakeClock(), on_led=changes.append, sensor=lambda: (23.456, 51.25))
+    # Not 51.25: "%.1f" rounds that tie to 51.3 on MicroPython, 51.2 on CPython
+    dev = MP.Device(clock=ms(FakeClock()), on_led=changes.append, sensor=lambda: (23.456, 51.24))
     list(dev.handle("LED ON"))
     list(dev.handle("LED OFF"))
     assert changes == [1, 0]

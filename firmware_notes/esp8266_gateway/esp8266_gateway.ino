@@ -6,7 +6,7 @@
 //   LINK_SERIAL      USB serial at BAUDRATE     gateway: serial:///dev/ttyUSB0?baudrate=115200
 //   LINK_TCP_SERVER  listens on TCP_PORT        gateway: tcp://ESP_IP:2323
 //   LINK_TCP_CLIENT  dials GATEWAY_HOST         gateway: tcp-listen://0.0.0.0:2323
-//   LINK_UDP         datagrams on UDP_PORT      gateway: udp://ESP_IP:2324?bind=0.0.0.0:2324
+//   LINK_UDP         datagrams on UDP_PORT      gateway: udp://ESP_IP:2324?bind=0.0.0.0:2325
 //   LINK_MQTT        PubSubClient, MQTT_BROKER  gateway: mqtt://BROKER:1883/PREFIX/NAME
 //
 // Board: "LOLIN(WEMOS) D1 R2 & mini" or "NodeMCU 1.0 (ESP-12E Module)", ESP8266 Arduino
@@ -29,7 +29,9 @@ static const char WIFI_PASSWORD[] = "your-password";
 // LINK_TCP_CLIENT dials it; LINK_UDP sends telemetry there until a datagram arrives.
 static const char GATEWAY_HOST[] = "192.168.1.10";
 static const uint16_t TCP_PORT = 2323;
-static const uint16_t UDP_PORT = 2324;
+static const uint16_t UDP_PORT = 2324;          // this board's UDP port
+static const uint16_t GATEWAY_UDP_PORT = 2325;  // the gateway's (its bind=); not UDP_PORT,
+                                                // or on one machine the board talks to itself
 static const char MQTT_BROKER[] = "192.168.1.10";
 static const uint16_t MQTT_PORT = 1883;
 static const char MQTT_PREFIX[] = "gateway";
@@ -96,17 +98,29 @@ static bool inboxTooLong = false;
 
 #if LINK_MODE == LINK_TCP_SERVER
 static WiFiServer server(TCP_PORT);
-static WiFiClient link;
-static bool linkUp = false;             // not `if (link)`: that is true while data is unread
+static WiFiClient tcp;            // not `link`: that is a POSIX function
+static bool linkUp = false;             // not `if (tcp)`: that is true while data is unread
 #elif LINK_MODE == LINK_TCP_CLIENT
-static WiFiClient link;
+static WiFiClient tcp;            // not `link`: that is a POSIX function
 static bool linkUp = false;
 #elif LINK_MODE == LINK_UDP
 static WiFiUDP udp;
 static IPAddress peerIp;
 static uint16_t peerPort = 0;           // 0: nobody to send to yet
 #elif LINK_MODE == LINK_MQTT
+// PubSubClient drops a message longer than its buffer without a word and without
+// acknowledging it: the broker keeps it in flight, and after 20 such (mosquitto's
+// default) sends nothing more. Given a Stream, it hands such a message over cut short
+// instead; onMqttMessage() then sees more than MAX_LINE bytes: ERR line too long.
+class Discard : public Stream {
+ public:
+  size_t write(uint8_t) override { return 1; }
+  int available() override { return 0; }
+  int read() override { return -1; }
+  int peek() override { return -1; }
+};
 static WiFiClient net;
+static Discard discard;
 static PubSubClient mqtt(net);
 static char topicTx[96];
 static char topicRx[96];
@@ -205,7 +219,7 @@ static bool linkReady() {
 #if LINK_MODE == LINK_SERIAL
   return true;
 #elif LINK_MODE == LINK_TCP_SERVER || LINK_MODE == LINK_TCP_CLIENT
-  return link.connected();
+  return tcp.connected();
 #elif LINK_MODE == LINK_UDP
   return peerPort != 0;
 #elif LINK_MODE == LINK_MQTT
@@ -226,7 +240,7 @@ static void sendLine(const char* line) {
 #if LINK_MODE == LINK_SERIAL
   Serial.write((const uint8_t*)wire, n);
 #elif LINK_MODE == LINK_TCP_SERVER || LINK_MODE == LINK_TCP_CLIENT
-  if (link.connected()) link.write((const uint8_t*)wire, n);
+  if (tcp.connected()) tcp.write((const uint8_t*)wire, n);
 #elif LINK_MODE == LINK_UDP
   if (peerPort != 0) {
     udp.beginPacket(peerIp, peerPort);
@@ -405,7 +419,7 @@ static void sendTelemetryIfDue() {
   uint64_t now = micros64();
   if (now < nextTelemetryUs) return;
   nextTelemetryUs += intervalUs(intervalS);
-  if (nextTelemetryUs < now) nextTelemetryUs = now + intervalUs(intervalS);  // no catch-up
+  if (nextTelemetryUs <= now) nextTelemetryUs = now + intervalUs(intervalS);  // no catch-up
   if (!linkReady()) return;  // nobody to tell: keep the schedule, drop the line
   telemetryLine(answer, sizeof(answer));
   sendLine(answer);
@@ -480,8 +494,8 @@ static void readInput() {
     feedByte((uint8_t)Serial.read());
   }
 #elif LINK_MODE == LINK_TCP_SERVER || LINK_MODE == LINK_TCP_CLIENT
-  for (int i = 0; i < 256 && link.available() > 0 && !burstActive(); i++) {
-    feedByte((uint8_t)link.read());
+  for (int i = 0; i < 256 && tcp.available() > 0 && !burstActive(); i++) {
+    feedByte((uint8_t)tcp.read());
   }
 #else
   processInbox();
@@ -548,36 +562,36 @@ static void maintainLink() {
   wifiReady();
   if (server.hasClient()) {
     WiFiClient incoming = server.accept();  // core < 3.0: server.available()
-    if (linkUp) link.stop();  // the newest client wins: the old one is likely dead
-    link = incoming;
+    if (linkUp) tcp.stop();  // the newest client wins: the old one is likely dead
+    tcp = incoming;
     linkUp = true;
-    link.setNoDelay(true);
-    link.keepAlive(10, 5, 3);  // notice a vanished gateway within about 25 s
+    tcp.setNoDelay(true);
+    tcp.keepAlive(10, 5, 3);  // notice a vanished gateway within about 25 s
     resetLine();
     stopBurst();
-    Serial.printf("# client %s\n", link.remoteIP().toString().c_str());
+    Serial.printf("# client %s\n", tcp.remoteIP().toString().c_str());
   }
-  if (linkUp && !link.connected()) {  // connected() stays true while data is unread
-    link.stop();
+  if (linkUp && !tcp.connected()) {  // connected() stays true while data is unread
+    tcp.stop();
     linkUp = false;
     resetLine();
     stopBurst();
     Serial.println("# client gone");
   }
 #elif LINK_MODE == LINK_TCP_CLIENT
-  if (linkUp && !link.connected()) {
-    link.stop();
+  if (linkUp && !tcp.connected()) {
+    tcp.stop();
     linkUp = false;
     resetLine();
     stopBurst();
     Serial.println("# gateway link lost");
   }
   if (linkUp || !wifiReady() || !retryDue()) return;
-  if (link.connect(GATEWAY_HOST, TCP_PORT)) {
+  if (tcp.connect(GATEWAY_HOST, TCP_PORT)) {
     linkUp = true;
     backoffMs = 200;
-    link.setNoDelay(true);
-    link.keepAlive(10, 5, 3);
+    tcp.setNoDelay(true);
+    tcp.keepAlive(10, 5, 3);
     Serial.printf("# connected to %s:%u\n", GATEWAY_HOST, (unsigned)TCP_PORT);
   } else {
     retryLater();
@@ -647,7 +661,7 @@ void setup() {
   server.setNoDelay(true);
 #elif LINK_MODE == LINK_UDP
   udp.begin(UDP_PORT);
-  if (peerIp.fromString(GATEWAY_HOST)) peerPort = UDP_PORT;
+  if (peerIp.fromString(GATEWAY_HOST)) peerPort = GATEWAY_UDP_PORT;
 #elif LINK_MODE == LINK_MQTT
   snprintf(topicTx, sizeof(topicTx), "%s/%s/tx", MQTT_PREFIX, DEVICE_NAME);
   snprintf(topicRx, sizeof(topicRx), "%s/%s/rx", MQTT_PREFIX, DEVICE_NAME);
@@ -655,6 +669,7 @@ void setup() {
   mqtt.setServer(MQTT_BROKER, MQTT_PORT);
   mqtt.setCallback(onMqttMessage);
   mqtt.setBufferSize(MAX_LINE + 128);  // default 256 bytes would drop longer messages
+  mqtt.setStream(discard);             // a longer one still: see Discard above
   mqtt.setKeepAlive(15);
 #endif
   resetLine();

@@ -30,7 +30,9 @@ WIFI_SSID = "your-ssid"
 WIFI_PASSWORD = "your-password"
 GATEWAY_HOST = "192.168.1.10"  # tcp-client dials it; udp sends telemetry there at first
 TCP_PORT = 2323
-UDP_PORT = 2324
+UDP_PORT = 2324  # this device's UDP port
+GATEWAY_UDP_PORT = 2325  # the gateway's (its bind=); not UDP_PORT, or on one machine
+#                          the device would send its telemetry to itself
 MQTT_BROKER = "192.168.1.10"
 MQTT_PORT = 1883
 MQTT_PREFIX = "gateway"
@@ -56,8 +58,11 @@ def go_lines(count):
 
 
 class TicksClock:
-    """Seconds since creation from time.ticks_ms(), which wraps (on the ESP8266 every
-    2**30 ms, about 12 days). Call it at least once a day and it never jumps."""
+    """Milliseconds since creation from time.ticks_ms(), which wraps (on the ESP8266 every
+    2**30 ms, about 12 days). Call it at least once a day and it never jumps.
+
+    A whole number, not float seconds: the ESP8266's floats have 24 bits, so a float of
+    seconds since boot steps by 2 s after 194 days and the telemetry schedule breaks."""
 
     def __init__(self):
         self._last = time.ticks_ms()
@@ -67,21 +72,70 @@ class TicksClock:
         now = time.ticks_ms()
         self._ms += time.ticks_diff(now, self._last)
         self._last = now
-        return self._ms / 1000
+        return self._ms
 
 
 def default_clock():
-    if hasattr(time, "monotonic"):  # CPython
-        return time.monotonic
+    if hasattr(time, "monotonic_ns"):  # CPython
+        return lambda: time.monotonic_ns() // 1000000
     return TicksClock()
+
+
+SPACES = " \t\n\r\x0b\x0c"  # the protocol's whitespace: ASCII only, as in protocol.md
+
+
+def upper(text):
+    """ASCII upper case (MicroPython's upper() is; CPython's also maps "\u0131" to "I")."""
+    return "".join(chr(ord(c) - 32) if "a" <= c <= "z" else c for c in text)
+
+
+def words(text):
+    """The words of `text` between ASCII spaces (CPython's split() knows more spaces)."""
+    for space in SPACES[1:]:
+        text = text.replace(space, " ")
+    return [word for word in text.split(" ") if word]
+
+
+def is_number(text):
+    """A decimal number as the simulator reads it: "2", "0.5", ".5", "1e3", "-0" (ASCII
+    digits; no "inf", "nan", "1_0"). MicroPython's float() would take "." and "e3" as 0."""
+    i = 0
+    if text[:1] in ("+", "-"):
+        i = 1
+    digits = 0
+    while i < len(text) and "0" <= text[i] <= "9":
+        i += 1
+        digits += 1
+    if text[i:i + 1] == ".":
+        i += 1
+        while i < len(text) and "0" <= text[i] <= "9":
+            i += 1
+            digits += 1
+    if digits == 0:
+        return False
+    if text[i:i + 1] in ("e", "E"):
+        i += 1
+        if text[i:i + 1] in ("+", "-"):
+            i += 1
+        if not (i < len(text) and "0" <= text[i] <= "9"):
+            return False
+        while i < len(text) and "0" <= text[i] <= "9":
+            i += 1
+    return i == len(text)
+
+
+def is_count(text):
+    """A whole number: an optional sign and ASCII digits (int() takes "1_0" and "\u0663")."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    return digits != "" and all("0" <= c <= "9" for c in digits)
 
 
 class Device:
     """The device's answers and telemetry, like gateway.simulator.device.SimulatedDevice.
 
-    `clock` returns seconds (a float) and is only ever subtracted from itself. `on_led` is
-    called with 0 or 1 when `LED ON` / `LED OFF` changes the LED. `sensor`, when given,
-    returns `(temp, hum)` and replaces the simulated values.
+    `clock` returns milliseconds (a whole number) and is only ever subtracted from
+    itself. `on_led` is called with 0 or 1 when `LED ON` / `LED OFF` changes the LED.
+    `sensor`, when given, returns `(temp, hum)` and replaces the simulated values.
     """
 
     def __init__(self, interval=1.0, clock=None, on_led=None, sensor=None):
@@ -91,17 +145,23 @@ class Device:
         self.on_led = on_led
         self.sensor = sensor
         self.started = self.clock()
-        self.interval = float(interval)
         self.led = 0
-        self._next_telemetry = self.started + self.interval
+        self._set_interval(float(interval), self.started)
+
+    def _set_interval(self, seconds, now):
+        self.interval = seconds
+        # In whole ms, at most 10**9 s (float("1e38") * 1000 is inf on a board)
+        self._interval_ms = max(1, int(min(seconds, 1e9) * 1000 + 0.5)) if seconds > 0 else 0
+        self._next_telemetry = now + self._interval_ms
 
     # -- values
 
     def uptime(self):
-        return int(self.clock() - self.started)
+        return (self.clock() - self.started) // 1000
 
     def value(self, key):
-        t = self.clock() - self.started
+        ms = self.clock() - self.started
+        t = ms / 1000
         if key == "temp":
             temp = self.sensor()[0] if self.sensor else 21.5 + 1.5 * math.sin(t / 30)
             return "%.2f" % temp
@@ -111,7 +171,7 @@ class Device:
         if key == "led":
             return str(self.led)
         if key == "uptime":
-            return str(int(t))
+            return str(ms // 1000)
         raise KeyError(key)
 
     def telemetry_line(self):
@@ -119,40 +179,42 @@ class Device:
 
     # -- periodic telemetry
 
-    def seconds_to_telemetry(self):
-        """Seconds until the next telemetry line, or None when it is off."""
-        if self.interval <= 0:
+    def ms_to_telemetry(self):
+        """Milliseconds until the next telemetry line, or None when it is off."""
+        if self._interval_ms == 0:
             return None
-        return max(0.0, self._next_telemetry - self.clock())
+        return max(0, self._next_telemetry - self.clock())
 
     def telemetry_due(self):
         """The telemetry line if it is due now (and schedule the next one), else None."""
-        if self.interval <= 0:
+        if self._interval_ms == 0:
             return None
         now = self.clock()
         if now < self._next_telemetry:
             return None
-        self._next_telemetry += self.interval
-        if self._next_telemetry < now:  # not asked for a while: do not catch up
-            self._next_telemetry = now + self.interval
+        self._next_telemetry += self._interval_ms
+        if self._next_telemetry <= now:  # not asked for a while: do not catch up
+            self._next_telemetry = now + self._interval_ms
         return self.telemetry_line()
 
     # -- commands
 
     def handle(self, line):
-        """The lines answered to `line` (a generator for `GO N`, else a list)."""
-        words = line.strip().split(" ", 1)
-        cmd = words[0].upper()
-        arg = words[1].strip() if len(words) > 1 else ""
+        """The lines answered to `line` (a generator for `GO N`, else a list).
+
+        ASCII only, as in protocol.md: spaces, letters and digits."""
+        parts = line.strip(SPACES).split(" ", 1)
+        cmd = upper(parts[0])
+        arg = parts[1].strip(SPACES) if len(parts) > 1 else ""
         if cmd == "PING" and not arg:
             return ["PONG"]
         if cmd == "ECHO":
             return [line.split(" ", 1)[1] if " " in line else ""]
-        if cmd == "LED" and arg.upper() in ("ON", "OFF"):
-            self.led = 1 if arg.upper() == "ON" else 0
+        if cmd == "LED" and upper(arg) in ("ON", "OFF"):
+            self.led = 1 if upper(arg) == "ON" else 0
             if self.on_led:
                 self.on_led(self.led)
-            return ["OK LED " + arg.upper(), "led=%d" % self.led]
+            return ["OK LED " + upper(arg), "led=%d" % self.led]
         if cmd == "GET" and arg:
             try:
                 return ["%s=%s" % (arg, self.value(arg))]
@@ -161,36 +223,72 @@ class Device:
         if cmd == "SET":
             return self._set(arg)
         if cmd == "GO":
-            try:
-                count = int(arg)
-            except ValueError:
+            if not is_count(arg) or len(arg.lstrip("+-").lstrip("0")) > 8:
                 return ["ERR bad count: " + arg]
+            count = int(arg)
             if not 0 <= count <= MAX_GO:
                 return ["ERR bad count: " + arg]
             return go_lines(count)
         return ["ERR unknown command: " + line]
 
     def _set(self, arg):
-        parts = arg.split()
+        parts = words(arg)
         if len(parts) != 2 or parts[0] != "interval":
             return ["ERR unknown setting: " + arg]
-        try:
-            interval = float(parts[1])
-        except ValueError:
+        if not is_number(parts[1]):
             return ["ERR bad interval: " + parts[1]]
+        interval = float(parts[1])
         if not math.isfinite(interval) or interval < 0:
             return ["ERR bad interval: " + parts[1]]
-        self.interval = interval
-        self._next_telemetry = self.clock() + interval
+        self._set_interval(interval, self.clock())
         return ["OK interval " + parts[1]]
 
 
+# UTF-8 lead bytes: how many bytes follow, and the range of the first one (which rules
+# out overlong forms, surrogates U+D800..DFFF and code points past U+10FFFF).
+_LEADS = {0xE0: (2, 0xA0, 0xBF), 0xED: (2, 0x80, 0x9F), 0xF0: (3, 0x90, 0xBF),
+          0xF4: (3, 0x80, 0x8F)}
+
+
+def _lead(b):
+    if 0xC2 <= b <= 0xDF:
+        return (1, 0x80, 0xBF)
+    if b in _LEADS:
+        return _LEADS[b]
+    if 0xE1 <= b <= 0xEF:
+        return (2, 0x80, 0xBF)
+    if 0xF1 <= b <= 0xF3:
+        return (3, 0x80, 0xBF)
+    return None
+
+
 def decode(raw):
-    """Bytes to str; invalid UTF-8 (MicroPython has no errors="replace") becomes U+FFFD."""
+    """Bytes to str, each invalid UTF-8 sequence as one U+FFFD, like CPython's
+    errors="replace". MicroPython's own decoder has no errors= and lets surrogates,
+    overlong forms and code points past U+10FFFF through."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
+        if len(text) == len(raw):  # ASCII: nothing to check
+            return text
     except UnicodeError:
-        return "".join(chr(b) if b < 128 else "\ufffd" for b in raw)
+        pass
+    out = []
+    i = 0
+    while i < len(raw):
+        b = raw[i]
+        lead = _lead(b) if b >= 0x80 else (0, 0, 0)
+        if lead is None:
+            out.append("\ufffd")
+            i += 1
+            continue
+        follow, low, high = lead
+        j = i + 1
+        while j <= i + follow and j < len(raw) and low <= raw[j] <= high:
+            j += 1
+            low, high = 0x80, 0xBF
+        out.append(raw[i:j].decode("utf-8") if j == i + follow + 1 else "\ufffd")
+        i = j
+    return "".join(out)
 
 
 class LineBuffer:
@@ -279,10 +377,10 @@ class Link:
 
     def wait_ms(self, cap_ms=1000):
         """How long the caller may block waiting for input before tick() is owed."""
-        seconds = self.device.seconds_to_telemetry()
-        if seconds is None:
+        ms = self.device.ms_to_telemetry()
+        if ms is None:
             return cap_ms
-        return min(cap_ms, int(seconds * 1000) + 1)
+        return min(cap_ms, ms)
 
 
 # -- the board: everything below imports machine, network, socket or umqtt lazily --------
@@ -354,7 +452,7 @@ def _address(host, port):
 
 def _sender(sock):
     def send(line):
-        sock.sendall((line + EOL).encode())
+        sock.write((line + EOL).encode())  # write(): every port has it, not sendall()
 
     return send
 
@@ -503,7 +601,7 @@ def run_udp(device):
     connect_wifi()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(_address("0.0.0.0", UDP_PORT))
-    peer = [_address(GATEWAY_HOST, UDP_PORT) if GATEWAY_HOST else None]
+    peer = [_address(GATEWAY_HOST, GATEWAY_UDP_PORT) if GATEWAY_HOST else None]
 
     def send(line):
         if peer[0] is not None:
@@ -527,7 +625,7 @@ def run_udp(device):
 
 
 def run_mqtt(device):
-    from umqtt.simple import MQTTClient
+    from umqtt.simple import MQTTClient, MQTTException
 
     connect_wifi()
     base = "%s/%s/" % (MQTT_PREFIX, DEVICE_NAME)
@@ -557,8 +655,8 @@ def run_mqtt(device):
                     client.ping()
                     pinged = time.ticks_ms()
                 time.sleep_ms(min(link.wait_ms(), 20))
-        except OSError as exc:
-            print("# mqtt link lost:", exc)
+        except (OSError, MQTTException) as exc:  # MQTTException: the broker said no
+            print("# mqtt link lost:", repr(exc))
             try:
                 client.sock.close()
             except Exception:

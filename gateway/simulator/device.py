@@ -9,11 +9,34 @@ the sample firmware in `firmware_notes/` answers the same way.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 KEYS = ("temp", "hum", "led", "uptime")
 MAX_GO = 10_000_000
+
+# The protocol is ASCII, as an 8-bit microcontroller reads it (firmware_notes/protocol.md):
+# ASCII whitespace, ASCII case-folding of command words, ASCII digits, no underscores.
+SPACES = " \t\n\v\f\r"
+_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_COUNT = re.compile(r"[+-]?[0-9]+")
+_SECONDS = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def ascii_upper(text: str) -> str:
+    return text.translate(_UPPER)
+
+
+def parse_count(text: str) -> int | None:
+    """A `GO` count: ASCII digits with an optional sign, 0 to MAX_GO; else None."""
+    if not _COUNT.fullmatch(text):
+        return None
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > len(str(MAX_GO)):  # no int() of thousands of digits
+        return None
+    count = -int(digits or "0") if text.startswith("-") else int(digits or "0")
+    return count if 0 <= count <= MAX_GO else None
 
 
 def go_lines(count: int) -> Iterator[str]:
@@ -81,17 +104,17 @@ class SimulatedDevice:
 
     def handle(self, line: str) -> Iterable[str]:
         """The lines the device answers to `line` (an iterator for `GO N`)."""
-        words = line.strip().split(" ", 1)
-        cmd = words[0].upper()
-        arg = words[1].strip() if len(words) > 1 else ""
+        words = line.strip(SPACES).split(" ", 1)
+        cmd = ascii_upper(words[0])
+        arg = words[1].strip(SPACES) if len(words) > 1 else ""
         if cmd == "PING" and not arg:
             return ["PONG"]
         if cmd == "ECHO":
             # ECHO <text> answers <text> exactly as sent after the first space.
             return [line.split(" ", 1)[1] if " " in line else ""]
-        if cmd == "LED" and arg.upper() in ("ON", "OFF"):
-            self.led = 1 if arg.upper() == "ON" else 0
-            return [f"OK LED {arg.upper()}", f"led={self.led}"]
+        if cmd == "LED" and ascii_upper(arg) in ("ON", "OFF"):
+            self.led = 1 if ascii_upper(arg) == "ON" else 0
+            return [f"OK LED {ascii_upper(arg)}", f"led={self.led}"]
         if cmd == "GET" and arg:
             try:
                 return [f"{arg}={self.value(arg)}"]
@@ -100,23 +123,19 @@ class SimulatedDevice:
         if cmd == "SET":
             return self._set(arg)
         if cmd == "GO":
-            try:
-                count = int(arg)
-            except ValueError:
-                return [f"ERR bad count: {arg}"]
-            if not 0 <= count <= MAX_GO:
+            count = parse_count(arg)
+            if count is None:
                 return [f"ERR bad count: {arg}"]
             return go_lines(count)
         return [f"ERR unknown command: {line}"]
 
     def _set(self, arg: str) -> list[str]:
-        parts = arg.split()
+        parts = [part for part in re.split(f"[{SPACES}]+", arg) if part]
         if len(parts) != 2 or parts[0] != "interval":
             return [f"ERR unknown setting: {arg}"]
-        try:
-            interval = float(parts[1])
-        except ValueError:
+        if not _SECONDS.fullmatch(parts[1]):  # not inf, nan, 0x10, 1_0 or Unicode digits
             return [f"ERR bad interval: {parts[1]}"]
+        interval = float(parts[1])
         if not math.isfinite(interval) or interval < 0:
             return [f"ERR bad interval: {parts[1]}"]
         self.interval = interval
