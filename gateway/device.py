@@ -138,6 +138,7 @@ class DeviceLink:
         self.on_state = on_state
         self.loop = loop
         self.workers = workers
+        self._own_workers = False  # made in start() when none was given (tests)
         self.counters = Counters()
         self.decoder = LineDecoder(config.encoding, config.max_line)
         self.allow = LineFilter(config.allow)
@@ -197,7 +198,7 @@ class DeviceLink:
             done.wait(timeout)
         if self._thread is not None:
             self._thread.stop(timeout)
-        if getattr(self, "_own_workers", False):
+        if self._own_workers:
             self.workers.stop(timeout)
         self._release()
 
