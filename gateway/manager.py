@@ -96,6 +96,10 @@ class Manager(WebSocketManager):
         self._stop_deadline = 0.0
         self._on_stop: list[Callable[[], None]] = []
         self._ident = -1  # the loop thread's, once it runs
+        # The frames of one device read, joined once for all its clients (wsadapter): the
+        # list they were joined from (kept alive here, so `is` cannot match a new one).
+        self.joined_for: list[bytes] | None = None
+        self.joined = b""
         self.stats = LoopStats()
 
     # -- any thread -------------------------------------------------------------------

@@ -150,9 +150,16 @@ class ClientSocket(WebSocket):
         return True
 
     def _send_now(self, items: list[bytes]) -> None:
-        self.loop.stats.frames_sent += len(items)
-        if not self._send(items[0] if len(items) == 1 else b"".join(items), len(items)) \
-                and self.tail_frames >= self.high and not self.full:
+        loop = self.loop
+        loop.stats.frames_sent += len(items)
+        if len(items) == 1:
+            data = items[0]
+        elif loop.joined_for is items:  # the same frames for every client of a device
+            data = loop.joined
+        else:
+            data = loop.joined = b"".join(items)
+            loop.joined_for = items
+        if not self._send(data, len(items)) and self.tail_frames >= self.high and not self.full:
             self._set_full(True)
 
     def _send(self, data: bytes, count: int) -> bool:
