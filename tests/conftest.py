@@ -33,6 +33,21 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str 
         time.sleep(interval)
 
 
+def start_process(cmd: list[str], cwd, env: dict | None = None):
+    """(process, base URL) of a gateway started as a process, once it printed
+    "listening on http://127.0.0.1:PORT"."""
+    import re
+    import subprocess
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    m = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)\n", line)
+    if not m:
+        proc.kill()
+        raise AssertionError(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
+    return proc, m.group(1)
+
+
 def stop_process(proc) -> str | None:
     """SIGTERM a gateway started as a process; it must exit 0 within 10 s (killed if
     not). Its standard error, when that was piped."""

@@ -230,3 +230,32 @@ def check_protocol(client: Client, burst: int = 1000) -> None:
     assert 1.0 < times[-1] - times[0] < 3.0 and min(gaps) > 0.05, gaps
     assert client.ask("SET interval 0") == ["OK interval 0"]
     assert client.ask("SET interval 1") == ["OK interval 1"]  # as after a reset
+
+
+def through_the_gateway(esp: Board, start_gateway, mode: str, what: str) -> None:
+    """Drive `esp` through a real gateway: the protocol, a burst, in MQTT mode 30 lines
+    over the limit then an answered PING; then the gateway restarts and `esp` must find it
+    again (re-dial it in tcp-client mode)."""
+    from conftest import wait_for
+
+    def connected(gw):
+        assert esp.alive(), f"the {what} exited: {esp.output()[-2000:]}"
+        return gw.links["esp"].wait_connected(0.1)
+
+    gw = start_gateway(devices=[f"esp={esp.url}"], wait_connected=False)
+    wait_for(lambda: connected(gw), 15, what=f"the gateway to reach the {what} ({mode})")
+    with Client(gw) as client:
+        wait_for(client.pongs, 10, what="a first PONG")
+        check_protocol(client, burst=200 if mode == "udp" else 1000)  # UDP drops what overflows a buffer
+        if mode == "mqtt":
+            # PubSubClient's buffer is MAX_LINE + 128: longer messages once went unanswered and
+            # unacknowledged, and after 20 the broker sent the sketch nothing more.
+            too_long = ["ECHO " + "x" * 2000] * 30
+            assert client.ask(*too_long, "PING") == ["ERR line too long"] * 30 + ["PONG"]
+    gw.shutdown()
+    gw = start_gateway(devices=[f"esp={esp.url}"], wait_connected=False)
+    wait_for(lambda: connected(gw), 15, what=f"the {what} back after a gateway restart")
+    with Client(gw) as client:
+        wait_for(client.pongs, 10, what="a PONG after the restart")
+    assert esp.alive()
+

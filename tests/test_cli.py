@@ -16,19 +16,13 @@ from pathlib import Path
 
 import pytest
 import websocket
+from conftest import start_process
 
 ROOT = Path(__file__).parent.parent
 
 
 def run_gateway(*args: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_gateway.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)\n", line)
-    if not m:
-        proc.kill()
-        raise AssertionError(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
-    return proc, m.group(1)
+    return start_process([sys.executable, str(ROOT / "run_gateway.py"), *args], ROOT)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

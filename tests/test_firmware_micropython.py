@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from conftest import wait_for
 from firmware_build import MICROPYTHON_SCRIPT, firmware_hosts, micropython_binary
-from firmware_run import Board, Client, check_protocol
+from firmware_run import Board, Client, through_the_gateway
 from mqtt_broker import Mosquitto
 
 HOSTS = firmware_hosts()
@@ -40,28 +40,9 @@ def board(tmp_path):
         b.stop()
 
 
-def connected(gw, board: Board):
-    assert board.alive(), f"the script exited: {board.output()[-2000:]}"
-    return gw.links["esp"].wait_connected(0.1)
-
-
 @pytest.mark.parametrize("mode", ["serial", "tcp-server", "tcp-client", "udp", "mqtt"])
 def test_script_through_the_gateway(mode, board, start_gateway, broker):
-    esp = board(mode, broker)
-    gw = start_gateway(devices=[f"esp={esp.url}"], wait_connected=False)
-    wait_for(lambda: connected(gw, esp), 15, what=f"the gateway to reach the script ({mode})")
-    with Client(gw) as client:
-        wait_for(client.pongs, 10, what="a first PONG")
-        check_protocol(client, burst=200 if mode == "udp" else 1000)  # UDP drops what overflows a buffer
-        if mode == "mqtt":
-            too_long = ["ECHO " + "x" * 2000] * 30
-            assert client.ask(*too_long, "PING") == ["ERR line too long"] * 30 + ["PONG"]
-    gw.shutdown()
-    gw = start_gateway(devices=[f"esp={esp.url}"], wait_connected=False)
-    wait_for(lambda: connected(gw, esp), 15, what="the script back after a gateway restart")
-    with Client(gw) as client:
-        wait_for(client.pongs, 10, what="a PONG after the restart")
-    assert esp.alive()
+    through_the_gateway(board(mode, broker), start_gateway, mode, "script")
 
 
 def test_mqtt_broker_that_refuses_then_restarts(board, start_gateway, tmp_path):

@@ -5,9 +5,8 @@ websocket-client; MQTT through a real mosquitto (tests/mqtt_broker.py)."""
 from __future__ import annotations
 
 import pytest
-from conftest import wait_for
 from firmware_build import firmware_hosts
-from firmware_run import Board, Client, check_protocol
+from firmware_run import Board, Client, through_the_gateway
 from mqtt_broker import Mosquitto
 
 HOSTS = firmware_hosts()
@@ -35,31 +34,9 @@ def board(tmp_path):
         b.stop()
 
 
-def connected(gw, board: Board):
-    assert board.alive(), f"the sketch exited: {board.output()[-2000:]}"
-    return gw.links["esp"].wait_connected(0.1)
-
-
 @pytest.mark.parametrize("mode", ["serial", "tcp-server", "tcp-client", "udp", "mqtt"])
 def test_sketch_through_the_gateway(mode, board, start_gateway, broker):
-    esp = board(mode, broker)
-    gw = start_gateway(devices=[f"esp={esp.url}"], wait_connected=False)
-    wait_for(lambda: connected(gw, esp), 15, what=f"the gateway to reach the sketch ({mode})")
-    with Client(gw) as client:
-        wait_for(client.pongs, 10, what="a first PONG")
-        check_protocol(client, burst=200 if mode == "udp" else 1000)  # UDP drops what overflows a buffer
-        if mode == "mqtt":
-            # PubSubClient's buffer is MAX_LINE + 128: longer messages once went unanswered and
-            # unacknowledged, and after 20 the broker sent the sketch nothing more.
-            too_long = ["ECHO " + "x" * 2000] * 30
-            assert client.ask(*too_long, "PING") == ["ERR line too long"] * 30 + ["PONG"]
-    # The gateway restarts: the sketch takes the new one (re-dials it in tcp-client mode).
-    gw.shutdown()
-    gw = start_gateway(devices=[f"esp={esp.url}"], wait_connected=False)
-    wait_for(lambda: connected(gw, esp), 15, what="the sketch back after a gateway restart")
-    with Client(gw) as client:
-        wait_for(client.pongs, 10, what="a PONG after the restart")
-    assert esp.alive()
+    through_the_gateway(board(mode, broker), start_gateway, mode, "sketch")
 
 
 def test_udp_sketch_does_not_talk_to_itself(board, start_gateway):

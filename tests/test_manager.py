@@ -23,6 +23,14 @@ def manager():
     assert not m.is_alive(), "the loop did not end"
 
 
+def asleep(manager) -> bool:
+    """The loop thread is blocked (in epoll_wait), as /proc says."""
+    import os
+
+    with open(f"/proc/{os.getpid()}/task/{manager.native_id}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "S"
+
+
 def test_calls_run_on_the_loop_thread_in_order(manager):
     seen = []
     done = threading.Event()
@@ -108,13 +116,9 @@ def test_an_idle_loop_sleeps(manager):
                     return int(line.split()[1])
         raise AssertionError("no voluntary_ctxt_switches")
 
-    def asleep() -> bool:
-        with open(f"/proc/{os.getpid()}/task/{native}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "S"
-
     # The round that ran done.set() may still be finishing: wait until the thread is
     # blocked, so that going to sleep is not counted as a wake-up.
-    wait_for(lambda: asleep() and asleep(), what="the loop to sleep")
+    wait_for(lambda: asleep(manager) and asleep(manager), what="the loop to sleep")
     before = switches()
     ticks = cpu_ticks()
     time.sleep(1.0)  # the measurement window: the loop must not wake in it
@@ -200,6 +204,6 @@ def test_a_call_after_a_burst_of_calls_from_many_threads_still_wakes_the_loop(ma
         wait_for(lambda: len(ran) == 1200, 5, what=f"round {round_}: the burst's calls")
         manager.call(lambda: None)
         late = threading.Event()
-        time.sleep(0.01)  # let the loop go back to sleep in epoll
+        wait_for(lambda: asleep(manager), what="the loop to go back to sleep")
         manager.call(late.set)
         assert late.wait(2), f"round {round_}: a call after the burst did not wake the loop"

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import stop_process
+from conftest import start_process, stop_process
 
 from gateway import __version__
 
@@ -93,14 +93,7 @@ def test_installed_version_commands_and_module(installed, tmp_path):
     assert where.startswith(str(installed.parent)), where  # the installed copy, not the checkout
 
 
-def start(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)\n", line)
-    if not m:
-        proc.kill()
-        raise AssertionError(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
-    return proc, m.group(1)
+start = start_process
 
 
 stop = stop_process
