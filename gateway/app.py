@@ -29,7 +29,7 @@ from typing import Callable
 
 from . import ports, transports
 from .client import Client, Options
-from .config import Config, DeviceConfig, baudrate_of
+from .config import Config, DeviceConfig, baudrate_of, default_gateway_id
 from .events import EventClient, EventHub
 from .device import DeviceLink
 from .hub import Hub
@@ -74,6 +74,7 @@ class Gateway:
     def __init__(self, config: Config):
         self.config = config
         self.run_id = secrets.token_hex(6)
+        self.gateway_id = config.server.gateway_id or default_gateway_id()
         self.manager = Manager()
         self.workers = Workers("device-open", 4)
         self.links: dict[str, DeviceLink] = {}
@@ -325,6 +326,7 @@ class Gateway:
             c = link.counters
             out.append({
                 "name": name,
+                "owner": self.gateway_id,
                 "kind": link.config.kind,
                 "state": link.state.value,
                 "buttons": [{"label": b.label, "line": b.line} for b in link.config.buttons],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -83,6 +84,9 @@ class ServerConfig:
     # Host header values allowed besides loopback names and the bound address (DNS
     # rebinding): exact names, ".example.com" for a domain and its subdomains, "*" for any.
     allowed_hosts: tuple[str, ...] = ()
+    # The gateway's name among several (a fleet over MQTT: topics, the page, /metrics):
+    # letters, digits, "-", "_" and "."; "" = this machine's host name.
+    gateway_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -331,6 +335,18 @@ def _check_server(server: ServerConfig, where: str) -> None:
             raise _fail(where, f"server.{key}", path, "no such file")
     if server.handshake_timeout <= 0:
         raise _fail(where, "server.handshake_timeout", server.handshake_timeout, "expected seconds > 0")
+    if server.gateway_id and not GATEWAY_ID.fullmatch(server.gateway_id):
+        raise _fail(where, "server.gateway_id", server.gateway_id,
+                    "expected 1 to 64 letters, digits, '-', '_' or '.' (it is part of MQTT topics)")
+
+
+GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def default_gateway_id() -> str:
+    """This machine's host name, cut to what a gateway id may hold."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].lstrip("-_.")
+    return name or "gateway"
 
 
 def _check_limits(limits: LimitsConfig, where: str) -> None:

@@ -173,8 +173,9 @@ class GatewayCollector:
             family = _gauge("gateway_start_time_seconds", "UNIX time the gateway started")
             family.add_metric([], started)
             yield family
-        info = _gauge("gateway_info", "The gateway's run id (new at every start)", ("run",))
-        info.add_metric([gw.run_id], 1.0)
+        info = _gauge("gateway_info", "The gateway's id ([server] gateway_id) and run id (new at every start)",
+                      ("run", "gateway_id"))
+        info.add_metric([gw.run_id, gw.gateway_id], 1.0)
         yield info
 
     # -- sinks --------------------------------------------------------------------------------

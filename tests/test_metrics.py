@@ -73,7 +73,8 @@ def test_exposition_has_telemetry_and_the_gateways_own_numbers(start_gateway):
     for name in ("gateway_client_queue_overflows_total", "gateway_client_keepalive_drops_total",
                  "gateway_handshakes_refused_full_total", "gateway_device_reconnects_total"):
         assert any(key[0] == name for key in got), name
-    assert got[("gateway_info", ("run", gw.run_id))] == 1
+    assert got[("gateway_info", ("gateway_id", gw.gateway_id), ("run", gw.run_id))] == 1
+    assert gw.gateway_id  # [server] gateway_id, or the host name
     assert ("process_resident_memory_bytes",) in got
     ws.close()
     wait_for(lambda: value(gw, "gateway_clients_connected") == 0, what="client count to drop")
