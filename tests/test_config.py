@@ -70,6 +70,9 @@ def test_device_options_in_the_url_query():
     ({"server": {"allowed_hosts": [".."]}}, "server.allowed_hosts[0]", "'..'"),
     ({"server": {"allowed_hosts": [8765]}}, "server.allowed_hosts[0]", "8765"),
     ({"limits": {"max_pending": 0}}, "limits.max_pending", "0"),
+    ({"server": {"gateway_id": "bench/a"}}, "server.gateway_id", "'bench/a'"),
+    ({"server": {"gateway_id": "-a"}}, "server.gateway_id", "'-a'"),
+    ({"server": {"gateway_id": "a" * 65}}, "server.gateway_id", "'aaa"),
     ({"auth": {"anonymous": "yes"}}, "auth.anonymous", "'yes'"),
     ({"auth": {"anonymous": True, "tokens": [{"token": "s3cret", "role": "view"}]}}, "auth.anonymous", "True"),
     ({"device": [{"name": "a", "url": "sim://", "buttons": [{"label": "x"}]}]}, "device[0].buttons[0]", "{'label': 'x'}"),
@@ -92,6 +95,15 @@ def test_security_keys_and_their_defaults():
                         "auth": {"anonymous": True}, "limits": {"max_pending": 32}}, "f")
     assert config.server.allowed_hosts == ("gw.example.com", ".lan", "[::1]", "[::1]", "10.0.0.5", "*")
     assert config.auth.anonymous is True and config.limits.max_pending == 32
+
+
+def test_gateway_id_defaults_to_a_topic_safe_host_name(monkeypatch):
+    import gateway.config as config_module
+    assert from_dict({"server": {"gateway_id": "bench-a.lab_2"}}, "f").server.gateway_id == "bench-a.lab_2"
+    monkeypatch.setattr(config_module.socket, "gethostname", lambda: "Lab PC #2")
+    assert config_module.default_gateway_id() == "Lab-PC--2"
+    monkeypatch.setattr(config_module.socket, "gethostname", lambda: "")
+    assert config_module.default_gateway_id() == "gateway"
 
 
 def test_counts_are_ascii_digits_only():
