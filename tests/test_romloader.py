@@ -363,3 +363,27 @@ def test_sim_transport_records_baudrate_purges_input_and_keeps_its_flash(tmp_pat
     t.close()
     with pytest.raises(ValueError, match="flash file .*no directory"):
         create(f"sim://?flash={tmp_path}/missing/flash.bin")
+
+
+def test_esptools_classic_reset_one_line_at_a_time_reaches_the_loader():
+    """esptool's ClassicReset (what it uses over RFC 2217) sets DTR, then RTS, each alone;
+    the board reads GPIO0 a moment after EN rises, as the RC on a real board's EN allows."""
+    now = [0.0]
+    link = Link(SimulatedDevice(0, clock=lambda: now[0]), clock=lambda: now[0])
+    link.set_signals(dtr=False)
+    link.set_signals(rts=True)  # EN low
+    now[0] += 0.1
+    link.set_signals(dtr=True)  # both asserted: EN rises, GPIO0 not yet low
+    assert not link.in_bootloader
+    link.set_signals(rts=False)  # GPIO0 low, within the sampling delay
+    assert link.in_bootloader and drain(link) == BOOT_NOISE  # no "ready"
+    now[0] += 0.05
+    link.set_signals(dtr=False)
+    link.receive(request(rl.SYNC, SYNC_DATA))
+    assert answers([drain(link)]) == [(rl.SYNC, 0x20120707, b"", 0)] * 8
+    # Later than the delay, GPIO0 low changes nothing: the firmware runs.
+    link.set_signals(dtr=False, rts=True)
+    link.set_signals(rts=False)
+    now[0] += 0.1
+    link.set_signals(dtr=True)
+    assert not link.in_bootloader and drain(link) == BOOT_NOISE + b"ready\n"

@@ -28,7 +28,9 @@ Faults (`FAULT` commands answer `OK FAULT ...` first; a schedule acts unannounce
 The auto-reset circuit of a NodeMCU / Wemos board (`set_signals(dtr, rts)`, True =
 asserted): EN is held low while RTS is asserted and DTR is not; GPIO0 is held low while
 DTR is asserted and RTS is not. While EN is low the board is in reset: silent, deaf.
-When EN goes high again the board boots: the ROM's 74880-baud boot noise (raw bytes, as
+When EN goes high again the board boots (it reads GPIO0 GPIO0_SAMPLE_DELAY later, so DTR
+and RTS set one after the other, as esptool's classic reset does, still count as set
+together): the ROM's 74880-baud boot noise (raw bytes, as
 `FAULT NOISE`), then, with GPIO0 high, the `ready` line and a fresh start (uptime 0,
 LED off, the default interval) and, when the flash holds an image, `boot fw=<id>`;
 with GPIO0 low, the ROM loader (`in_bootloader`), which answers no line of the protocol
@@ -69,6 +71,9 @@ KINDS = ("DROP", "STALL", "NOISE", "PARTIAL")
 
 # What an ESP8266's ROM prints at 74880 baud on reset, read at 115200: not valid UTF-8,
 # no line end inside. The gateway must pass it on, never drop it or choke on it.
+# EN rises through an RC on the board; the ROM reads GPIO0 this long after EN is released.
+GPIO0_SAMPLE_DELAY = 0.01
+
 BOOT_NOISE = bytes.fromhex("f01c87008ce09c9e82fe1c0cf0f88c60e26c8c04e0f862f08c0c7c8e9c63f8") + b"\r\n"
 
 
@@ -214,6 +219,7 @@ class Link:
         self.in_reset = False  # EN held low
         self.in_bootloader = False  # booted with GPIO0 low: deaf to the line protocol
         self.boots = 0
+        self._sample_gpio0_until = 0.0  # after EN is released, GPIO0 low still means the loader
         self.flash = flash if flash is not None else FlashImage()
         self.save_flash = save_flash
         self.loader: RomLoader | None = None  # while in_bootloader
@@ -425,6 +431,13 @@ class Link:
         elif not en_low and self.in_reset:
             self.in_reset = False
             self._boot(bootloader=self.dtr and not self.rts)
+            self._sample_gpio0_until = self.clock() + GPIO0_SAMPLE_DELAY
+        elif (self.dtr and not self.rts and not self.in_reset and not self.in_bootloader
+              and self.clock() < self._sample_gpio0_until):
+            # GPIO0 pulled low while EN is still rising (esptool's classic reset sets DTR
+            # and RTS one after the other): the ROM reads it low and starts its loader.
+            self._queue.clear()
+            self._enter_loader()
 
     def set_break(self, on: bool) -> None:
         """A BREAK: the simulated board ignores it."""
