@@ -248,7 +248,17 @@ class Link:
                 self._held = None
             self._queue.extend(self._answer(line.text))
 
+    def _settle_rate(self) -> None:
+        """A baud change whose answer is all handed out takes effect now, not at the
+        next send(): the host's next request already comes at the new rate."""
+        while not self._buf and self._queue and isinstance(self._queue[0], _SetRate):
+            if self.baud:  # an unpaced link stays unpaced
+                self._set_rate(self._queue.popleft().baud)
+            else:
+                self._queue.popleft()
+
     def _receive_loader(self, data: bytes) -> None:
+        self._settle_rate()
         due = 0.0
         if self.rate:
             self._rx_free_at = max(self.clock(), self._rx_free_at) + len(data) / self.rate
@@ -299,6 +309,8 @@ class Link:
             n = min(n, self.quantum)
         data = bytes(self._buf[:n])
         del self._buf[:n]
+        if not self._buf:
+            self._settle_rate()
         if self.rate:
             # A driver that wakes a little late does not slow the line down; after an
             # idle spell the line starts afresh, with no burst to make up for it.
@@ -376,9 +388,7 @@ class Link:
                     return
                 buf += queue.popleft().data
             elif isinstance(head, _SetRate):
-                queue.popleft()
-                if self.baud:  # an unpaced link stays unpaced
-                    self._set_rate(head.baud)
+                self._settle_rate()
             elif isinstance(head, _RunFirmware):
                 queue.popleft()
                 self._boot(bootloader=False)
@@ -493,6 +503,8 @@ class Link:
         self._queue.clear()
         self._buf.clear()
         self._decoder.reset()
+        if self.loader is not None:
+            self.loader.reset_input()
         self._held = None
         self._stall_until = 0.0
         self.dropped = False

@@ -107,8 +107,9 @@ def slip_encode(payload: bytes) -> bytes:
 
 class SlipDecoder:
     """SLIP frames out of a byte stream, as the stub reads them: C0 opens a frame and C0
-    closes it; bytes outside a frame are ignored; an empty frame (C0 C0) is none; a bad
-    escape or a frame longer than `limit` is dropped."""
+    closes it; bytes outside a frame are ignored; a bad escape or a frame longer than
+    `limit` is dropped. An empty frame (C0 C0) is none, and its second C0 opens the next
+    frame (RFC 1055's way: a reader that lost step finds it again at the next frame)."""
 
     def __init__(self, limit: int = MAX_FRAME):
         self.limit = limit
@@ -155,10 +156,10 @@ class SlipDecoder:
                 self._escaping = not self._dropping
             elif self._dropping:
                 self._dropping = False
-            else:
-                if self._frame:
-                    frames.append(bytes(self._frame))
+            elif self._frame:
+                frames.append(bytes(self._frame))
                 self._frame = None
+            # else: an empty frame (C0 C0) is none, and the second C0 opens the next one
         return frames
 
     def _put(self, data: bytes | int) -> None:
@@ -225,6 +226,10 @@ class RomLoader:
         self._out: list[Output] = []
 
     # -- input ---------------------------------------------------------------------------
+
+    def reset_input(self) -> None:
+        """Forget a half-received frame (a new connection to the simulator)."""
+        self._slip.reset()
 
     def feed(self, data: bytes) -> list[Output]:
         for frame in self._slip.feed(data):
