@@ -69,11 +69,11 @@ MAX_BAUD = 100_000_000
 DEFAULT_SECONDS = {"DROP": 0.0, "STALL": 1.0}
 KINDS = ("DROP", "STALL", "NOISE", "PARTIAL")
 
-# What an ESP8266's ROM prints at 74880 baud on reset, read at 115200: not valid UTF-8,
-# no line end inside. The gateway must pass it on, never drop it or choke on it.
 # EN rises through an RC on the board; the ROM reads GPIO0 this long after EN is released.
 GPIO0_SAMPLE_DELAY = 0.01
 
+# What an ESP8266's ROM prints at 74880 baud on reset, read at 115200: not valid UTF-8,
+# no line end inside. The gateway must pass it on, never drop it or choke on it.
 BOOT_NOISE = bytes.fromhex("f01c87008ce09c9e82fe1c0cf0f88c60e26c8c04e0f862f08c0c7c8e9c63f8") + b"\r\n"
 
 
