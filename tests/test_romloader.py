@@ -372,6 +372,8 @@ def test_sim_transport_records_baudrate_purges_input_and_keeps_its_flash(tmp_pat
         got += data
     assert f"boot fw={hashlib.sha256(b'app').hexdigest()[:12]}".encode() in got
     assert load(str(path)).image() == b"app"  # saved at the boot
+    t.open()  # a reopen: the configured rate, the same flash
+    assert t.baudrate == 115200 and t.link.device.firmware == hashlib.sha256(b"app").hexdigest()[:12]
     t.close()
     with pytest.raises(ValueError, match="flash file .*no directory"):
         create(f"sim://?flash={tmp_path}/missing/flash.bin")
