@@ -28,10 +28,23 @@ Faults (`FAULT` commands answer `OK FAULT ...` first; a schedule acts unannounce
 The auto-reset circuit of a NodeMCU / Wemos board (`set_signals(dtr, rts)`, True =
 asserted): EN is held low while RTS is asserted and DTR is not; GPIO0 is held low while
 DTR is asserted and RTS is not. While EN is low the board is in reset: silent, deaf.
-When EN goes high again the board boots: the ROM's 74880-baud boot noise (raw bytes, as
+When EN goes high again the board boots (it reads GPIO0 GPIO0_SAMPLE_DELAY later, so DTR
+and RTS set one after the other, as esptool's classic reset does, still count as set
+together): the ROM's 74880-baud boot noise (raw bytes, as
 `FAULT NOISE`), then, with GPIO0 high, the `ready` line and a fresh start (uptime 0,
-LED off, the default interval); with GPIO0 low, the ROM loader, which answers no line of
-the protocol until the next reset (`in_bootloader`). `set_break` has no effect.
+LED off, the default interval) and, when the flash holds an image, `boot fw=<id>`;
+with GPIO0 low, the ROM loader (`in_bootloader`), which answers no line of the protocol
+until the next reset. `set_break` has no effect.
+
+The ROM loader (romloader.py): while `in_bootloader`, what the gateway sends goes to a
+`RomLoader`, which answers esptool's SLIP frames and keeps the board's `flash`
+(flash.py). Its answers go out in the same queue as lines. With a baud rate the input
+is paced too: an answer is not sent before the request's last byte would have arrived
+at the current rate. CHANGE_BAUDRATE changes the rate once its answer is through (with
+no pacing it stays unpaced); a reset returns it to the configured `baud`. When the
+loader is left (esptool's RUN_USER_CODE, the ROM's FLASH_END) the board boots its
+firmware, as after a reset. `save_flash(flash)` is called when the flash has changed,
+at each boot and at `close()`: the driver keeps it in a file if it was given one.
 """
 
 from __future__ import annotations
@@ -44,7 +57,9 @@ from dataclasses import dataclass
 
 from ..codec import LineDecoder
 from .device import SimulatedDevice
+from .flash import FlashImage
 from .replay import Replay
+from .romloader import RomLoader, RunFirmware, SetBaud
 
 FILL = 65536  # bytes drawn from the queue at a time
 QUANTUM = 0.01  # seconds of output per send() when pacing at a baud rate
@@ -53,6 +68,9 @@ MAX_FAULT_SECONDS = 3600.0
 MAX_BAUD = 100_000_000
 DEFAULT_SECONDS = {"DROP": 0.0, "STALL": 1.0}
 KINDS = ("DROP", "STALL", "NOISE", "PARTIAL")
+
+# EN rises through an RC on the board; the ROM reads GPIO0 this long after EN is released.
+GPIO0_SAMPLE_DELAY = 0.01
 
 # What an ESP8266's ROM prints at 74880 baud on reset, read at 115200: not valid UTF-8,
 # no line end inside. The gateway must pass it on, never drop it or choke on it.
@@ -72,6 +90,23 @@ class Fault:
 @dataclass(frozen=True)
 class _LinkDown:
     seconds: float
+
+
+@dataclass(frozen=True)
+class _Due:
+    """Loader output, sent no earlier than `at` (when the request would have arrived)."""
+    at: float
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _SetRate:
+    baud: int
+
+
+@dataclass(frozen=True)
+class _RunFirmware:
+    pass
 
 
 @dataclass(frozen=True)
@@ -158,12 +193,16 @@ class Link:
         replay: Replay | None = None,
         can_drop: bool = True,
         message_oriented: bool = False,
+        flash: FlashImage | None = None,
+        save_flash: Callable[[FlashImage], None] | None = None,
+        bootloader: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.device = device
         self.clock = clock
-        self.rate = check_baud(baud) / 10  # bytes per second, 8N1; 0: as fast as possible
-        self.quantum = max(1, int(self.rate * QUANTUM))
+        self.baud = check_baud(baud)  # as configured; 0: no pacing
+        self._set_rate(self.baud)
+        self.host_baud = int(self.baud) or 115200  # the host's UART, as the ROM autobauds to it
         self.replay = replay
         self.can_drop = can_drop
         self.message_oriented = message_oriented  # UDP: send() returns at most one line
@@ -180,6 +219,14 @@ class Link:
         self.in_reset = False  # EN held low
         self.in_bootloader = False  # booted with GPIO0 low: deaf to the line protocol
         self.boots = 0
+        self._sample_gpio0_until = 0.0  # after EN is released, GPIO0 low still means the loader
+        self.flash = flash if flash is not None else FlashImage()
+        self.save_flash = save_flash
+        self.loader: RomLoader | None = None  # while in_bootloader
+        self._rx_free_at = 0.0  # loader input pacing: when the bytes received so far are in
+        self.device.firmware = self.flash.image_id()
+        if bootloader:
+            self._enter_loader()
         now = clock()
         self._schedule = [[entry, now + entry.every] for entry in schedule]
 
@@ -187,6 +234,9 @@ class Link:
 
     def receive(self, data: bytes, message_end: bool = False) -> None:
         """Bytes from the gateway; `message_end` for a datagram (a line without a line end)."""
+        if self.in_bootloader and not (self.dropped or self.in_reset):
+            self._receive_loader(data)
+            return
         lines = self._decoder.feed(data)
         if message_end:
             lines += self._decoder.flush()
@@ -197,6 +247,35 @@ class Link:
                 self._queue.appendleft(self._held)
                 self._held = None
             self._queue.extend(self._answer(line.text))
+
+    def _settle_rate(self) -> None:
+        """A baud change whose answer is all handed out takes effect now, not at the
+        next send(): the host's next request already comes at the new rate."""
+        while not self._buf and self._queue and isinstance(self._queue[0], _SetRate):
+            if self.baud:  # an unpaced link stays unpaced
+                self._set_rate(self._queue.popleft().baud)
+            else:
+                self._queue.popleft()
+
+    def _receive_loader(self, data: bytes) -> None:
+        self._settle_rate()
+        due = 0.0
+        if self.rate:
+            self._rx_free_at = max(self.clock(), self._rx_free_at) + len(data) / self.rate
+            due = self._rx_free_at
+        for item in self.loader.feed(data):
+            if isinstance(item, bytes):
+                self._queue.append(_Due(due, item) if due else item)
+            elif isinstance(item, SetBaud):
+                self._queue.append(_SetRate(item.baud))
+            elif isinstance(item, RunFirmware):
+                self._queue.append(_RunFirmware())
+
+    def set_host_baud(self, baud: int) -> None:
+        """The host side's UART rate (a serial port's `baudrate`): the ROM autobauds to it."""
+        self.host_baud = baud
+        if self.loader is not None and not self.loader.stub:
+            self.loader.uart_baud = baud
 
     def _answer(self, text: str) -> list:
         words = text.split()
@@ -230,6 +309,8 @@ class Link:
             n = min(n, self.quantum)
         data = bytes(self._buf[:n])
         del self._buf[:n]
+        if not self._buf:
+            self._settle_rate()
         if self.rate:
             # A driver that wakes a little late does not slow the line down; after an
             # idle spell the line starts afresh, with no burst to make up for it.
@@ -252,7 +333,8 @@ class Link:
         elif self._held is None:
             ready = max(paced, self._stall_until)
             if self._queue:
-                times.append(ready)
+                head = self._queue[0]
+                times.append(max(ready, head.at) if isinstance(head, _Due) else ready)
             elif self._telemetry_allowed():
                 due = self.device.seconds_to_telemetry()
                 if due is not None:
@@ -301,6 +383,15 @@ class Link:
                 self._act(queue.popleft(), now)
             elif isinstance(head, _LinkDown):
                 self._go_down(queue.popleft().seconds, now)
+            elif isinstance(head, _Due):
+                if now < head.at:
+                    return
+                buf += queue.popleft().data
+            elif isinstance(head, _SetRate):
+                self._settle_rate()
+            elif isinstance(head, _RunFirmware):
+                queue.popleft()
+                self._boot(bootloader=False)
             else:
                 for line in head:
                     buf += line.encode() + b"\n"
@@ -350,27 +441,70 @@ class Link:
         elif not en_low and self.in_reset:
             self.in_reset = False
             self._boot(bootloader=self.dtr and not self.rts)
+            self._sample_gpio0_until = self.clock() + GPIO0_SAMPLE_DELAY
+        elif (self.dtr and not self.rts and not self.in_reset and not self.in_bootloader
+              and self.clock() < self._sample_gpio0_until):
+            # GPIO0 pulled low while EN is still rising (esptool's classic reset sets DTR
+            # and RTS one after the other): the ROM reads it low and starts its loader.
+            self._queue.clear()
+            self._enter_loader()
 
     def set_break(self, on: bool) -> None:
         """A BREAK: the simulated board ignores it."""
 
     def _boot(self, bootloader: bool) -> None:
         self.boots += 1
-        self.in_bootloader = bootloader
+        self._queue.clear()  # what was left of the loader's output is cut off
+        self._set_rate(self.baud)
+        self._store_flash()
         self.device.reboot()
+        self.device.firmware = self.flash.image_id()
         self._stall_until = 0.0
         self._buf += BOOT_NOISE
-        if not bootloader:
-            self._queue.append(iter(["ready"]))
+        if bootloader:
+            self._enter_loader()
+        else:
+            self.in_bootloader = False
+            self.loader = None
+            lines = ["ready"]
+            if self.device.firmware is not None:
+                lines.append(f"boot fw={self.device.firmware}")
+            self._queue.append(iter(lines))
+
+    def _enter_loader(self) -> None:
+        self.in_bootloader = True
+        self.loader = RomLoader(self.flash, uart_baud=self.host_baud)
+        self._rx_free_at = 0.0
+
+    def _set_rate(self, baud: float) -> None:
+        self.rate = baud / 10  # bytes per second, 8N1; 0: as fast as possible
+        self.quantum = max(1, int(self.rate * QUANTUM))
+
+    def _store_flash(self) -> None:
+        if self.flash.dirty and self.save_flash is not None:
+            self.save_flash(self.flash)
 
     def _telemetry_allowed(self) -> bool:
         return not (self.in_reset or self.in_bootloader)
+
+    def discard_output(self) -> None:
+        """Drop what the device sent that was not read yet (a host's input purge): queued
+        lines and bytes, and loader answers already due. What acts on the board (a baud
+        change, a boot, a fault) stays, and so do answers to requests still arriving."""
+        now = self.clock()
+        self._buf.clear()
+        self._held = None
+        self._queue = deque(item for item in self._queue
+                            if isinstance(item, (Fault, _LinkDown, _SetRate, _RunFirmware))
+                            or (isinstance(item, _Due) and item.at > now))
 
     def reset(self) -> None:
         """A new connection: forget what was queued for, or half read from, the old one."""
         self._queue.clear()
         self._buf.clear()
         self._decoder.reset()
+        if self.loader is not None:
+            self.loader.reset_input()
         self._held = None
         self._stall_until = 0.0
         self.dropped = False
@@ -382,3 +516,4 @@ class Link:
     def close(self) -> None:
         if self.replay is not None:
             self.replay.close()
+        self._store_flash()
