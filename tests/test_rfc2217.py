@@ -203,7 +203,9 @@ def test_watchers_see_external_cannot_write_and_see_connected_again(gateway):
         port.write(b"PING\n")  # raw bytes: the simulator's line protocol as it is
         assert port.read_until(b"\n") == b"PONG\n"
         assert until(ws, lambda m: m["type"] == "line")["line"] == "PONG"  # watchers get every line
-        late = watch(gw)  # a client arriving meanwhile is told in its hello
+        late = websocket.create_connection(ws_url(gw, "sim", format="json"), timeout=5)
+        hello = json.loads(late.recv())  # a client arriving meanwhile is told in its hello
+        assert (hello["state"], hello["by"]) == ("external", holder)
     finally:
         port.close()
     until(ws, status("connected"))
