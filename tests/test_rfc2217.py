@@ -234,6 +234,16 @@ def test_a_second_client_is_refused_with_the_reason_and_the_first_keeps_the_port
         first.close()
 
 
+def test_a_client_from_a_network_not_in_rfc2217_allow_is_refused(gateway):
+    gw = gateway({"name": "sim", "url": "sim://?interval=0", "rfc2217": free_port(), "rfc2217_allow": ["10.0.0.0/8"]})
+    with socket.create_connection(rfc2217_of(gw), timeout=5) as raw:
+        reason = b""
+        while chunk := raw.recv(1024):
+            reason += chunk
+        assert reason.decode() == f"gateway: refused: 127.0.0.1:{raw.getsockname()[1]} is not in rfc2217_allow of device sim\r\n"
+    assert gw.links["sim"].state.value == "connected" and gw.rfc2217["sim"].refused == 1
+
+
 def test_a_client_that_vanishes_mid_session_leaves_the_device_usable(gateway):
     gw = gateway({"name": "sim", "url": "sim://?interval=0", "rfc2217": free_port()})
     ws = watch(gw)
