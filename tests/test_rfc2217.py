@@ -128,6 +128,34 @@ def test_a_taken_port_is_refused_at_start_and_by_the_device_api(gateway):
         assert "b" not in gw.links
 
 
+def test_the_device_api_adds_moves_and_removes_an_rfc2217_port(gateway):
+    import urllib.request
+
+    gw = gateway({"name": "sim", "url": "sim://?interval=0"})
+    events = websocket.create_connection(ws_url(gw, "_events"), timeout=5)
+    assert json.loads(events.recv())["type"] == "hello"
+
+    def patch(changes) -> dict:
+        req = urllib.request.Request(gw.url + "/api/devices/sim", json.dumps(changes).encode(),
+                                     {"Content-Type": "application/json"}, method="PATCH")
+        return json.loads(urllib.request.urlopen(req, timeout=5).read())
+
+    assert gw.describe_devices("sim")[0]["rfc2217"] is None
+    port = free_port()
+    assert patch({"rfc2217": port})["rfc2217"] == f"127.0.0.1:{port}"
+    wait_for(lambda: gw.links["sim"].state.value == "connected", what="the device reopened")
+    client = open_port(("127.0.0.1", port))
+    holder = gw.rfc2217["sim"].holder
+    assert until(events, lambda m: m.get("state") == "external") == {
+        "type": "device", "event": "state", "device": "sim", "state": "external", "by": holder}
+    assert patch({"rfc2217": None})["rfc2217"] is None  # the session ends with its server
+    assert "sim" not in gw.rfc2217
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    client.close()
+    events.close()
+
+
 # -- the reset sequences (SignalShaper, no sockets) ----------------------------------------
 
 
