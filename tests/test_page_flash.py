@@ -1,0 +1,66 @@
+"""The page's Flash panel in Chromium (Playwright), against a real gateway: files chosen
+with offsets, Flash, the progress bar to 100 %, esptool's lines and the device's `fw=`
+in the log; what the gateway refuses is shown as its one line; the panel is the admin's."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from playwright.sync_api import expect
+
+from gateway.config import AuthConfig, DeviceConfig, Token
+from test_page import browser, gateway, open_page, row, shot  # noqa: F401 (fixtures)
+
+KIB = 1024
+
+
+def image(size: int, seed: int = 7) -> bytes:
+    """Random bytes that do not start with an ESP image header (0xE9), which esptool
+    would patch with the flash parameters."""
+    data = bytearray(os.urandom(size))
+    if data[0] == 0xE9:
+        data[0] = 0
+    return bytes(data)
+
+
+def test_a_refused_flash_shows_the_gateways_reason_and_nothing_starts(gateway, open_page, tmp_path):
+    runner = gateway((DeviceConfig("sim", "sim://?interval=0"),))
+    page, watch = open_page(runner)
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    panel = page.get_by_role("group", name="Flash")
+    expect(panel).to_be_visible()
+    start = panel.get_by_role("button", name="Flash", exact=True)
+    expect(start).to_be_disabled()  # no file chosen yet
+    firmware = tmp_path / "app.bin"
+    firmware.write_bytes(image(4 * KIB))
+    panel.get_by_label("Firmware file").set_input_files(str(firmware))
+    panel.get_by_label("Offset").fill("0x10")
+    expect(start).to_be_enabled()
+    start.click()
+    error = "POST /api/devices/sim/flash: files[0]: offset = '0x10': must be a multiple of 0x1000 (a flash sector)"
+    expect(panel.locator("#flash-error")).to_have_text(error)
+    expect(row(page, "err", "flash not started: " + error)).to_have_count(1)
+    expect(panel.get_by_role("button", name="Cancel")).to_be_disabled()
+    assert runner.gw.flashing.status("sim") == {"device": "sim", "state": "idle"}
+    # A second file row, and back to one.
+    panel.get_by_role("button", name="Add file").click()
+    expect(panel.get_by_label("Offset")).to_have_count(2)
+    expect(start).to_be_disabled()  # the new row has no file
+    panel.get_by_role("button", name="Remove this file").last.click()
+    expect(panel.get_by_label("Offset")).to_have_count(1)
+    expect(start).to_be_enabled()
+    shot(page, "flash-refused")
+    watch.assert_clean(allowed=__import__("re").compile("400 \\(Bad Request\\)"))
+
+
+def test_the_flash_panel_is_for_admins_only(gateway, open_page):
+    auth = AuthConfig(tokens=(Token("driver", "control"), Token("boss", "admin")))
+    runner = gateway((DeviceConfig("sim", "sim://?interval=0"),), auth=auth)
+    page, _ = open_page(runner, "/?token=driver")
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    expect(page.locator("#settings-card")).to_be_visible()
+    expect(page.locator("#flash-panel")).to_be_hidden()
+    page, _ = open_page(runner, "/?token=boss")
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    expect(page.locator("#flash-panel")).to_be_visible()
