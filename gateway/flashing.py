@@ -230,7 +230,7 @@ def _router_class():
             if job is None:
                 esptool_log.log(level, "%s", text)
                 return
-            job.esptool_output(text + "\n")
+            job.esptool_output(text + "\n", line=True)
 
         def note(self, *args) -> None:
             self._message("Note: ", args, logging.INFO)
@@ -385,8 +385,12 @@ class FlashJob:
             self._armed = False
             raise Cancelled()
 
-    def esptool_output(self, text: str) -> None:
+    def esptool_output(self, text: str, line: bool = False) -> None:
+        """esptool's printed text, passed on a line at a time; `line`: a message of its own
+        (a note, a warning), which ends a line left open ("Connecting...")."""
         self.check_cancelled()
+        if line and self._partial:
+            text = "\n" + text
         text = self._partial + text
         *lines, self._partial = text.split("\n")
         for line in lines:
