@@ -30,6 +30,17 @@ with loop timers, never slept; a transport whose signal calls block (`signals_bl
 rfc2217:// asks its server) makes them on a worker. One sequence at a time per device.
 `retry_now()` opens a waiting device at once (its port was just plugged in again).
 
+External mode (`take_external(holder)`, `release_external(holder)`, `external`): an
+RFC 2217 client (gateway/rfc2217.py) has the port to itself. The raw bytes the device
+sends go to the holder as well as through the usual line decoding to the clients, who
+see the state `external` (with `by`, the holder's label) and whose writes and signals
+are refused with an error naming the holder; the holder writes with
+`external_write()` and sets the port's baud rate, lines and buffers through the
+transport. On release a port with a descriptor (serial://) is closed and opened again
+with its configured settings; a transport without one (sim://) gets its baud rate back
+and DTR/RTS released, so the simulated board keeps what was flashed. Clients then see
+`connected`.
+
 Flow control, for a transport where not reading pauses the device (TCP): after a read,
 if a client of this device has half its queue waiting, the loop stops reading the
 device until that client drained, for ROOM_WAIT at most; a client that did not drain by
@@ -84,6 +95,20 @@ class WriteRequest:
     id: object = None
     reply: bool = False
     timeout: float = 2.0
+
+
+class ExternalHolder(Protocol):
+    """What the device link needs of an RFC 2217 client (gateway/rfc2217.py) that holds
+    the device: a label for clients' status and errors, the raw bytes the device sends,
+    and the Writer methods for its own writes (acked, failed)."""
+
+    label: str
+
+    def on_bytes(self, data: bytes) -> None: ...
+
+    def acked(self, request: "WriteRequest") -> None: ...
+
+    def failed(self, request: "WriteRequest", error: str) -> None: ...
 
 
 class Writer(Protocol):
@@ -168,6 +193,8 @@ class DeviceLink:
         self._single = transport.message_oriented or bool(config.pace_ms)
         self._thread = None if self._pollable else DeviceThread(self)
         self._sequence: _Sequence | None = None  # signals being played
+        self._external: ExternalHolder | None = None  # an RFC 2217 client holding the port
+        self._baud_before: int | None = None  # a descriptor-less transport's rate when it was taken
 
     @property
     def state(self) -> State:
@@ -232,13 +259,16 @@ class DeviceLink:
     # -- state --------------------------------------------------------------------------
 
     def _set_state(self, state: State) -> None:
-        if state is self.hub.state:
+        by = None
+        if state is State.CONNECTED and self._external is not None:
+            state, by = State.EXTERNAL, self._external.label
+        if state is self.hub.state and by == self.hub.holder:
             return
         if state is State.CONNECTED:
             self._connected.set()
         else:
             self._connected.clear()
-        self.hub.publish_status(state)
+        self.hub.publish_status(state, by)
         if self.on_state is not None:
             try:
                 self.on_state(self, state)
@@ -428,6 +458,8 @@ class DeviceLink:
     # -- lines in (loop) -------------------------------------------------------------------
 
     def _deliver(self, data: bytes) -> None:
+        if self._external is not None:
+            self._external.on_bytes(data)
         self.counters.bytes_in += len(data)
         lines = self.decoder.feed(data)
         if self._datagrams:
@@ -484,7 +516,7 @@ class DeviceLink:
         counted and logged there."""
         if self.hub.state is not State.CONNECTED:
             self.counters.errors += 1
-            return f"device {self.name} is {self.hub.state.value}"
+            return self._external_refusal("writes") or f"device {self.name} is {self.hub.state.value}"
         if not self.loop.in_loop():
             self.loop.call(self._submit_later, request)
             return None
@@ -501,8 +533,8 @@ class DeviceLink:
         """Loop: write one plain line at once when nothing waits before it (a client's
         only line in its read: the ping-pong case), skipping the queue; False: submit()
         it instead."""
-        if self._queue or self._inflight is not None or self._awaiting is not None \
-                or self._pace_timer is not None or self.phase is not Phase.UP or not self._pollable:
+        if self._queue or self._inflight is not None or self._awaiting is not None or self._pace_timer is not None \
+                or self.phase is not Phase.UP or not self._pollable or self.hub.state is not State.CONNECTED:
             return False
         try:
             sent = self.transport.try_write(data)
@@ -676,8 +708,8 @@ class DeviceLink:
             steps = parse_sequence(text)
             if not steps:
                 return f"device {self.name} has reset = {self.config.reset_sequence!r}: nothing to do"
-        if self.phase is not Phase.UP:
-            return f"device {self.name} is {self.hub.state.value}"
+        if self.phase is not Phase.UP or self.hub.state is not State.CONNECTED:
+            return self._external_refusal("signals") or f"device {self.name} is {self.hub.state.value}"
         if self._sequence is not None:
             return f"device {self.name} is busy with a {self._sequence.kind} sequence"
         self._sequence = _Sequence(kind, steps, client, request_id)
@@ -742,6 +774,90 @@ class DeviceLink:
             log.info("device %s: %s failed: %s", self.name, seq.kind, error)
         if seq.client is not None:
             seq.client.signalled(seq.kind, seq.id, error)
+
+    # -- external mode: an RFC 2217 client holds the port (loop) ---------------------------------
+
+    @property
+    def external(self) -> str | None:
+        """The label of the RFC 2217 client holding the device, or None."""
+        holder = self._external
+        return holder.label if holder is not None else None
+
+    def _external_refusal(self, what: str) -> str | None:
+        if self._external is not None:
+            return (f"device {self.name} is held by {self._external.label} (RFC 2217): {what} are refused "
+                    f"until it lets go")
+        if self.hub.state is State.EXTERNAL:
+            return f"device {self.name} is being reopened after an RFC 2217 session"
+        return None
+
+    def take_external(self, holder: ExternalHolder) -> str | None:
+        """Give the port to `holder` (see the module docstring); an error message instead
+        when it cannot have it: held already, not connected, or a signal sequence running."""
+        if self._external is not None:
+            return f"device {self.name} is held by {self._external.label} (RFC 2217); one client at a time"
+        if self.phase is not Phase.UP:
+            return f"device {self.name} is {self.hub.state.value}: try again once it is connected"
+        if self._sequence is not None:
+            return f"device {self.name} is busy with a {self._sequence.kind} sequence"
+        self._external = holder
+        self._baud_before = None if self._pollable else getattr(self.transport, "baudrate", None)
+        error = f"device {self.name} was taken by {holder.label} (RFC 2217) before this line was written"
+        left, self._queue = list(self._queue), deque()
+        self._fail(left, error)
+        if self._awaiting is not None:
+            request = self._awaiting[0]
+            self._cancel_reply()
+            if request.client is not None:
+                request.client.failed(request, error)
+        log.info("device %s: held by %s (RFC 2217)", self.name, holder.label)
+        self._set_state(State.CONNECTED)  # published as external, by the holder
+        return None
+
+    def external_write(self, holder: ExternalHolder, data: bytes) -> None:
+        """The holder's bytes, as they are, after those it wrote before; `holder.acked()`
+        once written."""
+        if self._external is not holder or self.phase is Phase.STOPPED:
+            return
+        self._queue.append(WriteRequest(data, holder))
+        if not self.dirty:
+            self.loop.mark_dirty(self)
+
+    def release_external(self, holder: ExternalHolder) -> None:
+        """The holder let go (or vanished): back to the bridge with the configured
+        settings; clients see `connected` once the port is open again."""
+        if self._external is not holder:
+            return
+        self._external = None
+        self._queue = deque(r for r in self._queue if r.client is not holder)
+        log.info("device %s: released by %s (RFC 2217)", self.name, holder.label)
+        if self.phase is Phase.STOPPED:
+            return
+        if self._pollable:
+            if self.phase is Phase.UP:
+                self._flush_partial()
+                self._unwatch()
+                self._inflight, self._tail = None, b""  # the holder's, unwritten
+                self.transport.close()
+                self._open()  # configured settings; connected (not external) once open
+            return
+        self._restore_settings()
+        if self.phase is Phase.UP:
+            self._set_state(State.CONNECTED)
+
+    def _restore_settings(self) -> None:
+        """A transport without a descriptor (sim://) after an RFC 2217 session: its baud
+        rate as before, no BREAK, DTR and RTS released (the board runs)."""
+        transport = self.transport
+        try:
+            set_baudrate = getattr(transport, "set_baudrate", None)
+            if set_baudrate is not None and self._baud_before is not None:
+                set_baudrate(self._baud_before)
+            if getattr(transport, "signals", False):
+                transport.set_break(False)
+                transport.set_signals(False, False)
+        except Exception as exc:  # TransportError: the device went away meanwhile
+            log.info("device %s: restoring its settings after RFC 2217 failed: %s", self.name, exc)
 
     # -- hot-plug (loop) -------------------------------------------------------------------------
 

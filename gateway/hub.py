@@ -44,6 +44,7 @@ class State(Enum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     DISCONNECTED = "disconnected"
+    EXTERNAL = "external"  # held by an RFC 2217 client (gateway/rfc2217.py): clients watch, cannot write
 
 
 class Subscriber(Protocol):
@@ -124,6 +125,7 @@ class Hub:
         self.history: deque[Record] = deque(maxlen=history)
         self.seq = 0
         self.state = State.DISCONNECTED
+        self.holder: str | None = None  # who holds the device while EXTERNAL
         self.partial = b""  # bytes of the line the device is in the middle of
         self._subs: dict[str, list[Subscriber]] = {fmt: [] for fmt in FORMATS}
         self._reply_to: tuple[Subscriber, object, Callable[[], None]] | None = None
@@ -136,10 +138,13 @@ class Hub:
         return sum(len(s) for s in self._subs.values())
 
     def hello(self, client_id: int, role: str = "control") -> bytes:
-        return _json_frame({
+        msg = {
             "type": "hello", "client": client_id, "device": self.device,
             "run": self.run, "seq": self.seq, "state": self.state.value, "role": role,
-        })
+        }
+        if self.holder is not None:
+            msg["by"] = self.holder
+        return _json_frame(msg)
 
     def attach(self, sub: Subscriber, client_id: int, history: int | None = None,
                since: int | None = None, run: str | None = None, role: str = "control") -> None:
@@ -246,15 +251,20 @@ class Hub:
                 for listener in self.listeners:
                     listener.on_records(self.device, records)
 
-    def publish_status(self, state: State) -> None:
+    def publish_status(self, state: State, by: str | None = None) -> None:
+        """A new state; `by` names the holder of an EXTERNAL device."""
         with self.lock:
-            if state is self.state:
+            if state is self.state and by == self.holder:
                 return
             self.state = state
+            self.holder = by
             subs = list(self._subs["json"])
             for listener in self.listeners:
                 listener.on_state(self.device, state)
         if subs:
-            item = [_json_frame({"type": "status", "device": self.device, "state": state.value})]
+            msg = {"type": "status", "device": self.device, "state": state.value}
+            if by is not None:
+                msg["by"] = by
+            item = [_json_frame(msg)]
             for sub in subs:
                 sub.deliver(item)

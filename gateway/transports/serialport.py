@@ -17,6 +17,10 @@ Modem control (`signals`: serial://, hwgrep://, rfc2217://): `set_signals(dtr, r
 are ioctls, quick enough for the I/O loop; an rfc2217:// port asks its server over the
 network and waits for the answer (`signals_block`: the device link runs them on a
 worker). The device link times a sequence (a reset, a BREAK of N ms) with loop timers.
+
+For an RFC 2217 client holding the port (gateway/rfc2217.py): `set_baudrate(baud)`,
+`configure(**settings)` and `purge(input, output)` change the open port; the device link
+reopens it with the configured settings when the client lets go.
 """
 
 from __future__ import annotations
@@ -226,6 +230,47 @@ class SerialTransport(Transport):
             port.break_condition = on
         except (serial.SerialException, OSError, ValueError) as exc:
             raise TransportError(f"{self.port_name} cannot send a BREAK: {getattr(exc, 'strerror', None) or exc}") from None
+
+    # -- an RFC 2217 client's requests (gateway/rfc2217.py), on the I/O loop ---------------
+
+    @property
+    def baudrate(self) -> int | None:
+        """The port's baud rate now (None while closed)."""
+        port = self.port
+        return port.baudrate if port is not None else None
+
+    def set_baudrate(self, baud: int) -> None:
+        """A new baud rate on the open port (tcsetattr); ValueError if the port refuses it."""
+        self.configure(baudrate=baud)
+
+    def configure(self, **settings) -> None:
+        """Change pyserial settings of the open port: baudrate, bytesize, parity,
+        stopbits, xonxoff, rtscts. ValueError names one the port does not take; a
+        reopen puts the configured ones back."""
+        port = self.port
+        if port is None:
+            raise TransportError("port is closed")
+        for key, value in settings.items():
+            if key not in ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts"):
+                raise ValueError(f"unknown serial setting {key!r}")
+            try:
+                setattr(port, key, value)
+            except (serial.SerialException, OSError) as exc:
+                raise ValueError(f"{self.port_name} cannot set {key} = {value!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def purge(self, input: bool, output: bool) -> None:
+        """Drop what waits in the port's buffers: received and not read (`input`),
+        written and not sent (`output`)."""
+        port = self.port
+        if port is None:
+            raise TransportError("port is closed")
+        try:
+            if input:
+                port.reset_input_buffer()
+            if output:
+                port.reset_output_buffer()
+        except (serial.SerialException, OSError) as exc:
+            raise TransportError(f"{self.port_name} cannot purge: {getattr(exc, 'strerror', None) or exc}") from None
 
     def wakeup(self) -> None:
         self.cancel()
