@@ -18,6 +18,11 @@ faults: --faults takes KIND[:SECONDS]@EVERY entries separated by commas, e.g.
   every 10 s); the commands FAULT DROP [S], FAULT STALL [S], FAULT NOISE, FAULT PARTIAL
   do the same once. Over TCP a drop closes the connection; a pty and UDP send half a line
   and go silent for S seconds instead.
+flashing: --bootloader starts the board in its ROM loader, for esptool over TCP (no DTR
+  or RTS to reset it): esptool --chip esp8266 --port socket://HOST:PORT --before no-reset
+  --after soft-reset write-flash 0x0 app.bin. The board then boots the image and prints
+  "boot fw=<first 12 hex digits of its SHA-256>" after "ready"; GET fw answers the same.
+  --flash PATH keeps the 4 MiB flash in a file (created when missing).
 replay: --replay PATH sends the lines of a gateway recording (JSON lines) at their
   recorded pace divided by --speed (0: as fast as possible), and still answers commands.
 """
@@ -35,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", default="", metavar="SPEC", help="faults on a schedule, e.g. drop@30,stall:2@20")
     p.add_argument("--replay", metavar="PATH", help="replay a recording made with the gateway's record option")
     p.add_argument("--speed", type=float, default=1.0, help="replay speed factor (default 1; 0: as fast as possible)")
+    p.add_argument("--flash", metavar="PATH", help="keep the simulated 4 MiB flash in this file (default: in memory)")
+    p.add_argument("--bootloader", action="store_true",
+                   help="start in the ROM serial loader (esptool --before no-reset), not the firmware")
     args = p.parse_args(argv)
     if args.interval is not None and args.interval < 0:
         p.error("--interval must be >= 0")
@@ -42,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--speed needs --replay")
     try:
         server = SimulatorServer(args.listen, args.interval, baud=args.baud, faults=args.faults,
-                                 replay=args.replay, speed=args.speed)
+                                 replay=args.replay, speed=args.speed, flash=args.flash,
+                                 bootloader=args.bootloader)
     except ValueError as exc:
         p.error(str(exc))
     except OSError as exc:

@@ -4,6 +4,10 @@
 says when the periodic telemetry line is owed. The in-process transport (`sim://`) and
 the standalone simulator (`python -m gateway.simulator`) both drive this one class, and
 the sample firmware in `firmware_notes/` answers the same way.
+
+One key is the simulator's own: `GET fw` answers `fw=<id>`, the first 12 hex digits of
+the SHA-256 of the image in the simulated flash (gateway/simulator/flash.py), or
+`fw=none` when the flash holds none; the link sets `firmware` at each boot.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class SimulatedDevice:
             raise ValueError("interval must be a finite number of seconds >= 0")
         self.clock = clock
         self.default_interval = float(interval)
+        self.firmware: str | None = None  # the flashed image's id, as booted
         self.reboot()
 
     def reboot(self) -> None:
@@ -75,6 +80,8 @@ class SimulatedDevice:
             return str(self.led)
         if key == "uptime":
             return str(int(t))
+        if key == "fw":
+            return self.firmware or "none"
         raise KeyError(key)
 
     def telemetry_line(self) -> str:

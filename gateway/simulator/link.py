@@ -30,8 +30,19 @@ asserted): EN is held low while RTS is asserted and DTR is not; GPIO0 is held lo
 DTR is asserted and RTS is not. While EN is low the board is in reset: silent, deaf.
 When EN goes high again the board boots: the ROM's 74880-baud boot noise (raw bytes, as
 `FAULT NOISE`), then, with GPIO0 high, the `ready` line and a fresh start (uptime 0,
-LED off, the default interval); with GPIO0 low, the ROM loader, which answers no line of
-the protocol until the next reset (`in_bootloader`). `set_break` has no effect.
+LED off, the default interval) and, when the flash holds an image, `boot fw=<id>`;
+with GPIO0 low, the ROM loader (`in_bootloader`), which answers no line of the protocol
+until the next reset. `set_break` has no effect.
+
+The ROM loader (romloader.py): while `in_bootloader`, what the gateway sends goes to a
+`RomLoader`, which answers esptool's SLIP frames and keeps the board's `flash`
+(flash.py). Its answers go out in the same queue as lines. With a baud rate the input
+is paced too: an answer is not sent before the request's last byte would have arrived
+at the current rate. CHANGE_BAUDRATE changes the rate once its answer is through (with
+no pacing it stays unpaced); a reset returns it to the configured `baud`. When the
+loader is left (esptool's RUN_USER_CODE, the ROM's FLASH_END) the board boots its
+firmware, as after a reset. `save_flash(flash)` is called when the flash has changed,
+at each boot and at `close()`: the driver keeps it in a file if it was given one.
 """
 
 from __future__ import annotations
@@ -44,7 +55,9 @@ from dataclasses import dataclass
 
 from ..codec import LineDecoder
 from .device import SimulatedDevice
+from .flash import FlashImage
 from .replay import Replay
+from .romloader import RomLoader, RunFirmware, SetBaud
 
 FILL = 65536  # bytes drawn from the queue at a time
 QUANTUM = 0.01  # seconds of output per send() when pacing at a baud rate
@@ -72,6 +85,23 @@ class Fault:
 @dataclass(frozen=True)
 class _LinkDown:
     seconds: float
+
+
+@dataclass(frozen=True)
+class _Due:
+    """Loader output, sent no earlier than `at` (when the request would have arrived)."""
+    at: float
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _SetRate:
+    baud: int
+
+
+@dataclass(frozen=True)
+class _RunFirmware:
+    pass
 
 
 @dataclass(frozen=True)
@@ -158,12 +188,16 @@ class Link:
         replay: Replay | None = None,
         can_drop: bool = True,
         message_oriented: bool = False,
+        flash: FlashImage | None = None,
+        save_flash: Callable[[FlashImage], None] | None = None,
+        bootloader: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.device = device
         self.clock = clock
-        self.rate = check_baud(baud) / 10  # bytes per second, 8N1; 0: as fast as possible
-        self.quantum = max(1, int(self.rate * QUANTUM))
+        self.baud = check_baud(baud)  # as configured; 0: no pacing
+        self._set_rate(self.baud)
+        self.host_baud = int(self.baud) or 115200  # the host's UART, as the ROM autobauds to it
         self.replay = replay
         self.can_drop = can_drop
         self.message_oriented = message_oriented  # UDP: send() returns at most one line
@@ -180,6 +214,13 @@ class Link:
         self.in_reset = False  # EN held low
         self.in_bootloader = False  # booted with GPIO0 low: deaf to the line protocol
         self.boots = 0
+        self.flash = flash if flash is not None else FlashImage()
+        self.save_flash = save_flash
+        self.loader: RomLoader | None = None  # while in_bootloader
+        self._rx_free_at = 0.0  # loader input pacing: when the bytes received so far are in
+        self.device.firmware = self.flash.image_id()
+        if bootloader:
+            self._enter_loader()
         now = clock()
         self._schedule = [[entry, now + entry.every] for entry in schedule]
 
@@ -187,6 +228,9 @@ class Link:
 
     def receive(self, data: bytes, message_end: bool = False) -> None:
         """Bytes from the gateway; `message_end` for a datagram (a line without a line end)."""
+        if self.in_bootloader and not (self.dropped or self.in_reset):
+            self._receive_loader(data)
+            return
         lines = self._decoder.feed(data)
         if message_end:
             lines += self._decoder.flush()
@@ -197,6 +241,25 @@ class Link:
                 self._queue.appendleft(self._held)
                 self._held = None
             self._queue.extend(self._answer(line.text))
+
+    def _receive_loader(self, data: bytes) -> None:
+        due = 0.0
+        if self.rate:
+            self._rx_free_at = max(self.clock(), self._rx_free_at) + len(data) / self.rate
+            due = self._rx_free_at
+        for item in self.loader.feed(data):
+            if isinstance(item, bytes):
+                self._queue.append(_Due(due, item) if due else item)
+            elif isinstance(item, SetBaud):
+                self._queue.append(_SetRate(item.baud))
+            elif isinstance(item, RunFirmware):
+                self._queue.append(_RunFirmware())
+
+    def set_host_baud(self, baud: int) -> None:
+        """The host side's UART rate (a serial port's `baudrate`): the ROM autobauds to it."""
+        self.host_baud = baud
+        if self.loader is not None and not self.loader.stub:
+            self.loader.uart_baud = baud
 
     def _answer(self, text: str) -> list:
         words = text.split()
@@ -252,7 +315,8 @@ class Link:
         elif self._held is None:
             ready = max(paced, self._stall_until)
             if self._queue:
-                times.append(ready)
+                head = self._queue[0]
+                times.append(max(ready, head.at) if isinstance(head, _Due) else ready)
             elif self._telemetry_allowed():
                 due = self.device.seconds_to_telemetry()
                 if due is not None:
@@ -301,6 +365,17 @@ class Link:
                 self._act(queue.popleft(), now)
             elif isinstance(head, _LinkDown):
                 self._go_down(queue.popleft().seconds, now)
+            elif isinstance(head, _Due):
+                if now < head.at:
+                    return
+                buf += queue.popleft().data
+            elif isinstance(head, _SetRate):
+                queue.popleft()
+                if self.baud:  # an unpaced link stays unpaced
+                    self._set_rate(head.baud)
+            elif isinstance(head, _RunFirmware):
+                queue.popleft()
+                self._boot(bootloader=False)
             else:
                 for line in head:
                     buf += line.encode() + b"\n"
@@ -356,12 +431,35 @@ class Link:
 
     def _boot(self, bootloader: bool) -> None:
         self.boots += 1
-        self.in_bootloader = bootloader
+        self._queue.clear()  # what was left of the loader's output is cut off
+        self._set_rate(self.baud)
+        self._store_flash()
         self.device.reboot()
+        self.device.firmware = self.flash.image_id()
         self._stall_until = 0.0
         self._buf += BOOT_NOISE
-        if not bootloader:
-            self._queue.append(iter(["ready"]))
+        if bootloader:
+            self._enter_loader()
+        else:
+            self.in_bootloader = False
+            self.loader = None
+            lines = ["ready"]
+            if self.device.firmware is not None:
+                lines.append(f"boot fw={self.device.firmware}")
+            self._queue.append(iter(lines))
+
+    def _enter_loader(self) -> None:
+        self.in_bootloader = True
+        self.loader = RomLoader(self.flash, uart_baud=self.host_baud)
+        self._rx_free_at = 0.0
+
+    def _set_rate(self, baud: float) -> None:
+        self.rate = baud / 10  # bytes per second, 8N1; 0: as fast as possible
+        self.quantum = max(1, int(self.rate * QUANTUM))
+
+    def _store_flash(self) -> None:
+        if self.flash.dirty and self.save_flash is not None:
+            self.save_flash(self.flash)
 
     def _telemetry_allowed(self) -> bool:
         return not (self.in_reset or self.in_bootloader)
@@ -382,3 +480,4 @@ class Link:
     def close(self) -> None:
         if self.replay is not None:
             self.replay.close()
+        self._store_flash()

@@ -11,6 +11,13 @@ closed, and with SECONDS the listening socket too, so dials are refused until th
 up; a pty and UDP cannot vanish, so they send half a line and then nothing for SECONDS.
 A replay (`replay=PATH`) starts with each TCP connection, at the first UDP datagram, and
 for a pty at start.
+
+The board's flash (flash.py) is in memory, or in the file `flash` when given: read at
+start, written when it has changed, at each boot and at the end. With `bootloader` the
+board starts in its ROM loader, as after esptool's reset sequence, so esptool can talk
+to it over a TCP link that has no DTR or RTS: `esptool --port socket://HOST:PORT
+--before no-reset ...`, and `--after soft-reset` to boot the new firmware. A new TCP
+connection leaves the loader as it was (the board does not see the cable change).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 import tty
 from urllib.parse import urlsplit
 
+from . import flash as flash_file
 from .device import SimulatedDevice
 from .link import Link, check_baud, parse_schedule
 from .replay import Replay, check_recording, check_speed, read_recording
@@ -34,7 +42,8 @@ TICK = 0.2  # seconds a select() waits at most, so stop() is heard
 
 class SimulatorServer:
     def __init__(self, listen: str, interval: float | None = None, *, baud: float = 0,
-                 faults: str = "", replay: str | None = None, speed: float = 1.0):
+                 faults: str = "", replay: str | None = None, speed: float = 1.0,
+                 flash: str | None = None, bootloader: bool = False):
         """`interval` defaults to 1.0 s, or to 0 (no telemetry) when replaying."""
         self.kind, self.address = parse_listen(listen)
         schedule = parse_schedule(faults)
@@ -46,8 +55,13 @@ class SimulatorServer:
         if interval is None:
             interval = 0.0 if replay else 1.0
         self.device = SimulatedDevice(interval)
+        self.flash_path = flash
+        image = flash_file.FlashImage() if flash is None else flash_file.load(flash)
+        if flash is not None:
+            flash_file.check_path(flash)
         self.link = Link(self.device, baud=baud, schedule=schedule,
-                         can_drop=self.kind == "tcp", message_oriented=self.kind == "udp")
+                         can_drop=self.kind == "tcp", message_oriented=self.kind == "udp",
+                         flash=image, save_flash=self._save_flash, bootloader=bootloader)
         self._stop = threading.Event()
         self._pending = b""  # bytes taken from the link, not yet written
         self._down_until = 0.0  # TCP after FAULT DROP SECONDS: listen again then
@@ -84,6 +98,10 @@ class SimulatorServer:
             return self.pty_path
         host, port = self._bound
         return f"{self.kind}://{host}:{port}"
+
+    def _save_flash(self, image: flash_file.FlashImage) -> None:
+        if self.flash_path is not None:
+            flash_file.save(image, self.flash_path)
 
     def _start_replay(self) -> None:
         if self.replay_path is None:
