@@ -289,6 +289,35 @@ def install_logger() -> None:
             EspLog.instance = _router  # what esptool.logger.log.set_logger() does
 
 
+# -- esptool's port -------------------------------------------------------------------------
+
+
+def open_port(url: str):
+    """pyserial's RFC 2217 client for esptool, made so that a change of its read timeout
+    stays local. esptool sets a timeout around every command, and pyserial's client
+    answers each change by negotiating every line setting with the server again (baud
+    rate, data bits, parity, stop bits, then flow control), polling for the answers every
+    50 ms: about 0.2 s per command, 20 s of a 256 KiB flash spent on ~100 small commands.
+    RFC 2217 has no timeout (the client's reads wait on its own queue), so only a change
+    of a line setting is negotiated here."""
+    from serial import rfc2217
+
+    class Port(rfc2217.Serial):
+        _negotiated = None
+
+        def _reconfigure_port(self):
+            settings = (self._baudrate, self._bytesize, self._parity, self._stopbits, self._rtscts, self._xonxoff)
+            if settings == self._negotiated and self._write_timeout is None:
+                return  # (a write timeout it cannot do: super() says so, and esptool copes)
+            super()._reconfigure_port()
+            self._negotiated = settings
+
+    port = Port()
+    port.port = url
+    port.open()
+    return port
+
+
 # -- one flash ------------------------------------------------------------------------------
 
 
@@ -486,7 +515,7 @@ class FlashJob:
         self.server.start()
         host, port = self.server.address[:2]
         self.check_cancelled()
-        esp = detect_chip(f"rfc2217://{host}:{port}", ROM_BAUD, "default-reset")
+        esp = detect_chip(open_port(f"rfc2217://{host}:{port}"), ROM_BAUD, "default-reset")
         self.chip = esp.CHIP_NAME
         esp = run_stub(esp)
         if self.request.baud != ROM_BAUD:
