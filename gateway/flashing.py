@@ -10,10 +10,11 @@ A `FlashJob` runs in a thread of its own, "flash:NAME":
 1. an ephemeral `Rfc2217Server` for the device on 127.0.0.1:0 (gateway/rfc2217.py): it
    holds the device while esptool works, so WebSocket clients see the state `external`
    and cannot write, exactly as with a remote esptool;
-2. esptool 5 as a library on `rfc2217://127.0.0.1:PORT`: `detect_chip` (the classic
+2. esptool 5 as a library on `rfc2217://127.0.0.1:PORT` (pyserial's client, `open_port`:
+   its read-timeout changes stay local): `detect_chip` (the classic
    DTR/RTS reset into the ROM loader), `run_stub`, `change_baud`, `attach_flash`,
    `write_flash` with the images as bytes (no file, no command line built from the
-   request), then `reset_chip(esp, "no-reset-stub")`: the chip stays in the stub;
+   request); esptool then lets go of the port, the chip still in its stub;
 3. the server is stopped: the device is released and reopened by its link, and its
    clients see `connected`; then the gateway plays the device's own `reset` sequence on
    the loop, so every client sees the boot lines of the new firmware (a device whose
@@ -351,6 +352,8 @@ class FlashJob:
         self.reset_after = True  # reset the device once it is back (not at shutdown)
         self._lock = threading.Lock()
         self.server = None  # the Rfc2217Server lending the device to esptool
+        self._port = None  # esptool's end of it (pyserial's client, with its reader thread)
+        self._esp = None  # esptool's loader object, once the chip answered
         self.thread = threading.Thread(target=self._run, name=f"flash:{name}")
 
     # -- any thread ----------------------------------------------------------------------
@@ -473,11 +476,10 @@ class FlashJob:
         log.info("flash of %s started by %s: %s at %d baud", self.device, self.by,
                  ", ".join(f"{i.name} ({len(i.data)} bytes) at {i.offset:#x}" for i in self.request.images),
                  self.request.baud)
-        esp = None
         state, error = "done", None
         try:
             self._armed = True
-            esp = self._flash()
+            self._flash()
         except Cancelled:
             state, error = "cancelled", "cancelled"
         except Exception as exc:
@@ -488,7 +490,7 @@ class FlashJob:
             self._armed = False
         if self._partial.strip():
             self.esptool_output("\n")
-        self._finish(esp, state == "done")
+        self._finish()
         with self._lock:
             self.state, self.error = state, error
             self.ended = time.time()
@@ -502,7 +504,7 @@ class FlashJob:
         _current.job = None
 
     def _flash(self):
-        from esptool.cmds import attach_flash, detect_chip, reset_chip, run_stub, write_flash
+        from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
 
         from .rfc2217 import Rfc2217Server
 
@@ -515,31 +517,30 @@ class FlashJob:
         self.server.start()
         host, port = self.server.address[:2]
         self.check_cancelled()
-        esp = detect_chip(open_port(f"rfc2217://{host}:{port}"), ROM_BAUD, "default-reset")
+        self._port = open_port(f"rfc2217://{host}:{port}")
+        esp = self._esp = detect_chip(self._port, ROM_BAUD, "default-reset")
         self.chip = esp.CHIP_NAME
-        esp = run_stub(esp)
+        esp = self._esp = run_stub(esp)
         if self.request.baud != ROM_BAUD:
             esp.change_baud(self.request.baud)
         attach_flash(esp)
         self._set_phase("writing")
         write_flash(esp, [(i.offset, i.data) for i in self.request.images])
-        return esp
 
-    def _finish(self, esp, flashed: bool) -> None:
+    def _finish(self) -> None:
         """Give the device back: esptool's port closed, the server stopped (the link
         reopens the device), then the device's reset sequence played by the gateway."""
         self._set_phase("resetting")
         link = self.gateway.links.get(self.device)
         own_reset = link is not None and link.config.reset_sequence not in ("", "none")
-        if esp is not None or self.server is not None:
+        if self._esp is not None and not own_reset:
             try:
-                if esp is not None and not own_reset:
-                    esp.hard_reset()
+                self._esp.hard_reset()
             except Exception as exc:
                 log.info("flash of %s: reset by esptool failed: %s", self.device, exc)
+        if self._port is not None:
             try:
-                if esp is not None:
-                    esp._port.close()
+                self._port.close()  # joins pyserial's reader thread
             except Exception as exc:
                 log.info("flash of %s: closing esptool's port: %s", self.device, exc)
         if self.server is not None:

@@ -8,12 +8,18 @@ are real: esptool 5.6.0 as a library, a 256 KiB random image, progress on a json
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
+import os
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
+import websocket
+from conftest import ws_url
 
 from gateway import flashing
 from gateway.app import Gateway
@@ -155,3 +161,123 @@ def test_parse_request_sorts_the_files_and_takes_decimal_offsets():
     assert [(i.offset, i.name, len(i.data)) for i in req.images] == [
         (0, "boot.bin", 4096), (0x8000, "file2.bin", 1), (0x10000, "app.bin", 100)]
     assert req.baud == flashing.DEFAULT_BAUD and req.size == 4197
+
+
+# -- real flashes: esptool in the gateway, the simulator's ROM loader ----------------------
+
+
+def image(size: int) -> bytes:
+    """Random bytes, not starting with an ESP image header (0xE9: esptool would patch the
+    flash parameters in it) nor ending in 0xFF (the simulator's id leaves those out)."""
+    data = bytearray(os.urandom(size))
+    data[0] = 0x00 if data[0] == 0xE9 else data[0]
+    data[-1] = 0x00 if data[-1] == 0xFF else data[-1]
+    return bytes(data)
+
+
+def fw_of(data: bytes) -> str:
+    """What the simulator says after booting `data` flashed at 0x0 (SPEC section 9)."""
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+class JsonClient:
+    """A json-mode client of the device (websocket-client), keeping what it received."""
+
+    def __init__(self, gw, device: str = "sim"):
+        self.ws = websocket.create_connection(ws_url(gw, device, format="json"), timeout=30)
+        self.seen: list[dict] = []
+        assert self.next()["type"] == "hello"
+
+    def next(self) -> dict:
+        msg = json.loads(self.ws.recv())
+        self.seen.append(msg)
+        return msg
+
+    def until(self, predicate, limit: int = 5000) -> dict:
+        for _ in range(limit):
+            msg = self.next()
+            if predicate(msg):
+                return msg
+        raise AssertionError(f"not seen in {limit} messages; last: {self.seen[-3:]}")
+
+    def flash(self, event: str | None = None) -> list[dict]:
+        return [m for m in self.seen if m["type"] == "flash" and (event is None or m["event"] == event)]
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def post_flash(gw, data: bytes, baud: int = 460800, name: str = "app.bin"):
+    return call(gw, "POST", "/api/devices/sim/flash",
+                {"baud": baud, "files": [{"offset": "0x0", "name": name, "data": b64(data)}]})
+
+
+def test_a_flash_writes_the_image_with_progress_and_the_device_boots_it(start_gateway):
+    gw = start_gateway()
+    client = JsonClient(gw)
+    data = image(256 * KIB)
+    status, job = post_flash(gw, data)
+    assert status == 202, job
+    assert job["state"] == "running" and job["total"] == 256 * KIB and job["baud"] == 460800
+    assert job["files"] == [{"name": "app.bin", "offset": "0x0", "size": 256 * KIB}]
+    end = client.until(lambda m: m["type"] == "flash" and m["event"] == "end")
+    assert end["state"] == "done", end
+    assert end["chip"] == "ESP8266" and end["bytes"] == end["total"] == 256 * KIB and end["percent"] == 100
+    # While esptool held the device its clients saw it as external, by the flash.
+    assert any(m["type"] == "status" and m["state"] == "external" and m["by"].startswith("flash (") for m in client.seen)
+    progress = client.flash("progress")
+    assert len(progress) >= 3, progress
+    percents = [m["percent"] for m in progress]
+    assert percents == sorted(percents) and percents[-1] == 100 and progress[-1]["bytes"] == 256 * KIB
+    assert progress[-1]["speed"] > 0
+    lines = [m["line"] for m in client.flash("log")]
+    assert "Detecting chip type... ESP8266" in lines and "Hash of data verified." in lines, lines
+    assert any(line.startswith("Wrote 262144 bytes at 0x00000000") for line in lines), lines
+    # Then the device is back and boots what was written: every client sees it.
+    fw = f"fw={fw_of(data)}"
+    client.until(lambda m: m["type"] == "line" and m["line"] == f"boot {fw}")
+    assert gw.links["sim"].state.value == "connected"
+    client.ws.send(json.dumps({"line": "GET fw", "id": 1, "reply": True}))
+    assert client.until(lambda m: m["type"] in ("reply", "error"))["line"] == fw
+    assert call(gw, "GET", "/api/devices/sim/flash")[1]["state"] == "done"
+    client.close()
+
+
+def test_cancel_mid_flash_leaves_the_device_usable_and_one_flash_runs_at_a_time(start_gateway):
+    gw = start_gateway(devices=("sim=sim://?interval=0&baud=115200",))
+    client = JsonClient(gw)
+    data = image(256 * KIB)  # at 115200 baud about 23 s of writing: cancelled long before
+    assert post_flash(gw, data, baud=115200)[0] == 202
+    client.until(lambda m: m["type"] == "flash" and m["event"] == "progress")
+    status, text = post_flash(gw, image(4 * KIB))
+    assert status == 409 and text.startswith("POST /api/devices/sim/flash: device sim is being flashed (by 127.0.0.1:"), text
+    # Clients watch but cannot write while esptool has the device.
+    client.ws.send(json.dumps({"line": "PING", "id": 7}))
+    error = client.until(lambda m: m["type"] == "error" and m.get("id") == 7)
+    assert "held by flash (" in error["error"]
+    started = time.monotonic()
+    status, job = call(gw, "DELETE", "/api/devices/sim/flash")
+    assert status == 200 and job["state"] == "cancelled" and 0 < job["percent"] < 100, job
+    assert time.monotonic() - started < flashing.CANCEL_GRACE + 1
+    end = client.until(lambda m: m["type"] == "flash" and m["event"] == "end")
+    assert end["state"] == "cancelled" and end["error"] == "cancelled"
+    # Back to the bridge: connected, reset, and it answers the line protocol again.
+    client.until(lambda m: m["type"] == "line" and m["line"] == "ready")
+    assert gw.links["sim"].state.value == "connected"
+    client.ws.send(json.dumps({"line": "PING", "id": 8, "reply": True}))
+    assert client.until(lambda m: m["type"] in ("reply", "error") and m.get("id") == 8) == {
+        "type": "reply", "id": 8, "line": "PONG"}
+    assert call(gw, "DELETE", "/api/devices/sim/flash")[0] == 409  # nothing runs now
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("flash:", "pySerial"))]
+    client.close()
+
+
+def test_shutdown_mid_flash_stops_it_and_every_thread(start_gateway):
+    gw = start_gateway(devices=("sim=sim://?interval=0&baud=115200",))
+    client = JsonClient(gw)
+    assert post_flash(gw, image(256 * KIB), baud=115200)[0] == 202
+    client.until(lambda m: m["type"] == "flash" and m["event"] == "phase" and m["phase"] == "writing")
+    started = time.monotonic()
+    gw.shutdown()
+    assert time.monotonic() - started < 6
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("flash:", "rfc2217", "pySerial"))]
