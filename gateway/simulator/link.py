@@ -464,6 +464,17 @@ class Link:
     def _telemetry_allowed(self) -> bool:
         return not (self.in_reset or self.in_bootloader)
 
+    def discard_output(self) -> None:
+        """Drop what the device sent that was not read yet (a host's input purge): queued
+        lines and bytes, and loader answers already due. What acts on the board (a baud
+        change, a boot, a fault) stays, and so do answers to requests still arriving."""
+        now = self.clock()
+        self._buf.clear()
+        self._held = None
+        self._queue = deque(item for item in self._queue
+                            if isinstance(item, (Fault, _LinkDown, _SetRate, _RunFirmware))
+                            or (isinstance(item, _Due) and item.at > now))
+
     def reset(self) -> None:
         """A new connection: forget what was queued for, or half read from, the old one."""
         self._queue.clear()

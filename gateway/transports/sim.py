@@ -15,7 +15,17 @@ SECONDS, then opens a fresh device (uptime 0, LED off, the replay from its start
 
 Signals (`set_signals`, `set_break`) go to the link's model of the board's auto-reset
 circuit (gateway/simulator/link.py): a reset reboots it, the bootloader sequence leaves
-it in its ROM loader. Called on the I/O loop; they take the lock only briefly.
+it in its ROM loader, which speaks esptool's protocol (gateway/simulator/romloader.py)
+over the same `write()` and `read()`, raw bytes both ways. `set_baudrate(baud)` records
+the host side's UART rate (`baudrate`; the ROM autobauds to it) and `purge(input,
+output)` drops what the device sent and was not read yet (input; output has nothing to
+drop: `write()` hands bytes to the device at once). Called on the I/O loop; they all
+take the lock only briefly.
+
+`flash=PATH` keeps the board's 4 MiB flash in a file (gateway/simulator/flash.py: read
+at the first open, written when it changed, at each boot and at close); without it the
+flash is in memory, for as long as the transport lives (a reopen keeps it, as a
+board's flash survives a reset).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import threading
 import time
 from urllib.parse import SplitResult
 
+from ..simulator import flash as flash_file
 from ..simulator.device import SimulatedDevice
 from ..simulator.link import Link, check_baud, parse_schedule
 from ..simulator.replay import Replay, check_recording, check_speed, read_recording
@@ -33,7 +44,8 @@ from .base import READ_TIMEOUT, Transport, TransportError
 log = logging.getLogger(__name__)
 
 CHUNK = 65536
-OPTIONS = ("interval", "baud", "faults", "replay", "speed")
+OPTIONS = ("interval", "baud", "faults", "replay", "speed", "flash")
+DEFAULT_BAUDRATE = 115200
 
 
 class SimTransport(Transport):
@@ -58,6 +70,7 @@ class SimTransport(Transport):
             if not 0 <= self.interval < 1e6:
                 raise ValueError(f"interval must be between 0 and 1e6 seconds, not {value!r}")
         self.baud = check_baud(options.get("baud", 0))
+        self.baudrate = int(self.baud) or DEFAULT_BAUDRATE  # the host side's UART, as last set
         self.schedule = parse_schedule(options.get("faults", ""))
         if "speed" in options and not self.replay_path:
             raise ValueError("speed is the replay's: give replay=PATH too")
@@ -66,6 +79,10 @@ class SimTransport(Transport):
             # The one piece of I/O before open(): a bad recording fails the config
             # (naming the file and line) instead of making a device that never connects.
             check_recording(self.replay_path)
+        self.flash_path = options.get("flash") or None
+        if self.flash_path:
+            flash_file.check_path(self.flash_path)  # a bad path fails the config, too
+        self.flash: flash_file.FlashImage | None = None  # loaded at the first open
         self._cond = threading.Condition()
         self.link: Link | None = None
         self._down_until = 0.0  # after FAULT DROP SECONDS: open() fails until then
@@ -87,7 +104,18 @@ class SimTransport(Transport):
                 replay = Replay(read_recording(self.replay_path), self.speed, time.monotonic())
                 if replay.error:
                     raise TransportError(f"cannot replay: {replay.error}")
-            self.link = Link(SimulatedDevice(self.interval), baud=self.baud, schedule=self.schedule, replay=replay)
+            if self.flash is None:
+                self.flash = flash_file.load(self.flash_path) if self.flash_path else flash_file.FlashImage()
+            self.link = Link(SimulatedDevice(self.interval), baud=self.baud, schedule=self.schedule, replay=replay,
+                             flash=self.flash, save_flash=self._save_flash)
+            self.link.set_host_baud(self.baudrate)
+
+    def _save_flash(self, image: flash_file.FlashImage) -> None:
+        if self.flash_path:
+            try:
+                flash_file.save(image, self.flash_path)
+            except OSError as exc:
+                log.warning("sim: cannot save the flash to %s: %s", self.flash_path, exc)
 
     def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -133,6 +161,20 @@ class SimTransport(Transport):
                 raise TransportError("simulator is closed")
             self.link.set_signals(dtr, rts)
             self._cond.notify()
+
+    def set_baudrate(self, baud: int) -> None:
+        """The host side's UART rate (an RFC 2217 client's, for one)."""
+        with self._cond:
+            self.baudrate = int(baud)
+            if self.link is not None:
+                self.link.set_host_baud(self.baudrate)
+
+    def purge(self, input: bool = True, output: bool = True) -> None:
+        """Drop the bytes the device sent that were not read yet (`input`); `output`
+        has nothing waiting: written bytes reach the device at once."""
+        with self._cond:
+            if input and self.link is not None:
+                self.link.discard_output()
 
     def set_break(self, on: bool) -> None:
         with self._cond:
