@@ -29,12 +29,13 @@ from typing import Callable
 
 from . import ports, transports
 from .client import Client, Options
-from .config import Config, DeviceConfig, baudrate_of, default_gateway_id
+from .config import Config, ConfigError, DeviceConfig, baudrate_of, default_gateway_id, rfc2217_address, rfc2217_exposure
 from .events import EventClient, EventHub
 from .flashing import Flashing
 from .device import DeviceLink
 from .hub import Hub
 from .manager import Manager
+from .rfc2217 import Rfc2217Server
 from .security import Access, server_context
 from .server import GatewayApp, HTTPServer
 from .sinks import build_sinks
@@ -79,6 +80,7 @@ class Gateway:
         self.manager = Manager()
         self.workers = Workers("device-open", 4)
         self.links: dict[str, DeviceLink] = {}
+        self.rfc2217: dict[str, Rfc2217Server] = {}  # devices' RFC 2217 ports (their `rfc2217` key)
         # Watchers of devices added, removed or changing state, called on the loop with
         # {"type": "device", "event": ..., "device": NAME, "state": ...}: they only queue.
         self.device_watchers: list[Callable[[dict], None]] = []
@@ -113,6 +115,15 @@ class Gateway:
         context = server_context(srv.certfile, srv.keyfile) if srv.certfile else None
         self.server = HTTPServer((srv.host, srv.port), GatewayApp(self), srv.handshake_timeout, context)
         self.server.manager = self.manager  # ws4py's handler adds sockets through it
+        try:
+            for link in self.links.values():
+                self._start_rfc2217(link)
+        except ConfigError:
+            self._stop_rfc2217_all(1.0)
+            del self.server.manager  # not started: ws4py's server_close() would join it
+            self.server.server_close()
+            self.server = None
+            raise
         self.manager.start()
         Keepalive(self.manager, srv.ping_interval).start()
         for sink in self.sinks:
@@ -153,6 +164,7 @@ class Gateway:
         stopped = threading.Event()  # no new connections from here
         if self.manager.call(lambda: (self.manager.unregister(self.server.socket.fileno()), stopped.set())):
             stopped.wait(left())
+        self._stop_rfc2217_all(left())
         if self.port_watcher is not None:
             self.port_watcher.stop(left())
         self.server.close_requests(left())
@@ -198,6 +210,7 @@ class Gateway:
             if dev.name in self.links:
                 raise ValueError(f"device {dev.name!r} exists")
             link = self._new_link(dev)
+            self._start_rfc2217(link)  # ConfigError: its port cannot be served
             self.links = {**self.links, dev.name: link}
         # "added" before its first state event: both reach the loop in this order.
         self._emit({"type": "device", "event": "added", "device": dev.name, "state": link.state.value})
@@ -210,6 +223,7 @@ class Gateway:
         with self._devices_lock:
             link = self.links[name]
             self.links = {k: v for k, v in self.links.items() if k != name}
+            self._stop_rfc2217(name, timeout)
         link.stop(timeout)
         done = threading.Event()
         removed = {"type": "device", "event": "removed", "device": name}
@@ -225,14 +239,49 @@ class Gateway:
             raise ValueError(f"a device keeps its name: {name!r}, not {dev.name!r}")
         with self._devices_lock:
             old = self.links[name]
+            if dev.rfc2217:
+                rfc2217_exposure(dev, self.config.auth, f"device {name}")  # before anything changes
+            self._stop_rfc2217(name, timeout)
             old.stop(timeout)
             link = self._new_link(dev, old.hub)
             self.links = {**self.links, name: link}
+            try:
+                self._start_rfc2217(link)
+            except ConfigError as exc:
+                log.error("%s; the device runs without it", exc)
             done = threading.Event()
             if self.manager.call(lambda: (self._relink_clients(old, link), done.set())):
                 done.wait(timeout)
         link.start()
         return link
+
+    # -- RFC 2217 ports (gateway/rfc2217.py) -----------------------------------------------
+
+    def _start_rfc2217(self, link: DeviceLink) -> None:
+        """Bind the device's RFC 2217 port, if it has one; ConfigError when that address
+        may not (the beyond-loopback rule) or cannot (taken, not ours) be served."""
+        dev = link.config
+        if not dev.rfc2217:
+            return
+        rfc2217_exposure(dev, self.config.auth, f"device {dev.name}")
+        host, port = rfc2217_address(dev.rfc2217)
+        server = Rfc2217Server(self, link, host, port, allow=dev.rfc2217_allow)
+        try:
+            server.start()
+        except OSError as exc:
+            raise ConfigError(f"device {dev.name}: rfc2217 = {dev.rfc2217!r}: cannot listen: "
+                              f"{exc.strerror or exc}") from None
+        self.rfc2217 = {**self.rfc2217, dev.name: server}
+
+    def _stop_rfc2217(self, name: str, timeout: float) -> None:
+        server = self.rfc2217.get(name)
+        if server is not None:
+            self.rfc2217 = {k: v for k, v in self.rfc2217.items() if k != name}
+            server.stop(timeout)
+
+    def _stop_rfc2217_all(self, timeout: float) -> None:
+        for name in list(self.rfc2217):
+            self._stop_rfc2217(name, timeout)
 
     def _drop_clients(self, link: DeviceLink) -> None:
         """Loop: the device is gone; so are its clients."""
@@ -341,6 +390,8 @@ class Gateway:
                 "baudrate": baudrate_of(link.config.url),
                 "reset": link.config.reset_sequence,
                 "signals": bool(getattr(link.transport, "signals", False)),
+                "rfc2217": _address(self.rfc2217.get(name)),
+                "by": link.external,
             })
         return out
 
@@ -368,6 +419,14 @@ class _Acceptor:
         except Exception:
             server.handle_error(request, address)
             server.shutdown_request(request)
+
+
+def _address(server: Rfc2217Server | None) -> str | None:
+    """"HOST:PORT" an RFC 2217 server is bound to, or None."""
+    if server is None or server.address is None:
+        return None
+    host, port = server.address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _masked(url: str) -> str:

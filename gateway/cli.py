@@ -172,6 +172,9 @@ def serve(parser, args, config) -> int:
         print(f"{parser.prog}: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
+    except ConfigError as exc:  # a device's rfc2217 port cannot be served
+        print(f"{parser.prog}: {config.source}: {exc}", file=sys.stderr)
+        return 1
     advertiser = None
     try:
         print(f"listening on {gw.url}", flush=True)

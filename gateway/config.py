@@ -51,6 +51,12 @@ class DeviceConfig:
     # The board's reset sequence (gateway/signals.py): "esp", "dtr", "none" or steps such
     # as "D0 R1 W100 R0"; "" = esp for devices that carry signals (serial, sim), else none.
     reset: str = ""
+    # An RFC 2217 port for the device (gateway/rfc2217.py): "HOST:PORT" ("" = none); the
+    # key takes a port number or "HOST:PORT" (HOST 127.0.0.1 by default).
+    rfc2217: str = ""
+    # Networks an RFC 2217 client may connect from ("192.168.1.0/24", "10.0.0.5"); empty:
+    # any. Binding rfc2217 beyond loopback needs these or [auth] anonymous = true.
+    rfc2217_allow: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -256,11 +262,105 @@ def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
             re.compile(pattern)
         except re.error as exc:
             raise _fail(where, f"{prefix}allow", pattern, f"not a regular expression: {exc}") from None
-    rest = {k: v for k, v in table.items() if k not in ("buttons", "allow")}
+    rfc2217 = _rfc2217_from(table, where, prefix)
+    rest = {k: v for k, v in table.items() if k not in ("buttons", "allow", "rfc2217", "rfc2217_allow")}
     dev = _typed(DeviceConfig, {**merged, **rest}, where, prefix,
-                 {"buttons": tuple(parsed_buttons), "allow": tuple(allow)})
+                 {"buttons": tuple(parsed_buttons), "allow": tuple(allow), **rfc2217})
     _check_device_values(dev, where, prefix)
     return dev
+
+
+# Schemes whose device an RFC 2217 client may hold (a local port, or the simulator).
+RFC2217_SCHEMES = ("serial", "hwgrep", "sim")
+
+
+def _rfc2217_from(table: dict, where: str, prefix: str) -> dict:
+    """The `rfc2217` and `rfc2217_allow` keys of a device table, checked: the
+    DeviceConfig fields (an address as "HOST:PORT")."""
+    out: dict = {}
+    value = table.get("rfc2217")
+    if value is not None and value != "":
+        kind = table["url"].split("://", 1)[0].lower()
+        if kind not in RFC2217_SCHEMES:
+            raise _fail(where, f"{prefix}rfc2217", value,
+                        f"a {kind}:// device cannot be served over RFC 2217 (only {', '.join(s + '://' for s in RFC2217_SCHEMES)})")
+        try:
+            host, port = rfc2217_address(value)
+        except ValueError as exc:
+            raise _fail(where, f"{prefix}rfc2217", value, str(exc)) from None
+        out["rfc2217"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    allow = table.get("rfc2217_allow", [])
+    if not isinstance(allow, list):
+        raise _fail(where, f"{prefix}rfc2217_allow", allow, 'expected a list such as ["192.168.1.0/24"]')
+    for entry in allow:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except (TypeError, ValueError):
+            raise _fail(where, f"{prefix}rfc2217_allow", entry,
+                        "expected an address or a network such as \"192.168.1.0/24\"") from None
+    if allow:
+        if "rfc2217" not in out:
+            raise _fail(where, f"{prefix}rfc2217_allow", allow, "goes with rfc2217 = PORT")
+        out["rfc2217_allow"] = tuple(allow)
+    return out
+
+
+def rfc2217_address(value: object) -> tuple[str, int]:
+    """`4001` or `"HOST:PORT"` (`"[::1]:4001"`) as (host, port); ValueError says why not."""
+    host = "127.0.0.1"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError('expected a port number or "HOST:PORT"')
+    if isinstance(value, str):
+        text = value.strip()
+        if ":" in text:
+            host, _, text = text.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if not host:
+                raise ValueError('expected "HOST:PORT", e.g. "127.0.0.1:4001"')
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                if not HOST_NAME_RE.match(host.lower()):
+                    raise ValueError(f"{host!r} is not an address or a host name") from None
+        try:
+            value = parse_count(text, 1)
+        except ValueError:
+            raise ValueError('expected a port number or "HOST:PORT"') from None
+    if not 1 <= value <= 65535:
+        raise ValueError("expected a port from 1 to 65535")
+    return host, value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_rfc2217(devices, auth: "AuthConfig", where: str) -> None:
+    """Across devices: each RFC 2217 port once; beyond loopback only with
+    `rfc2217_allow` or `[auth] anonymous = true` (RFC 2217 has no authentication)."""
+    ports: set[int] = set()
+    for i, dev in enumerate(devices):
+        if dev.rfc2217:
+            port = rfc2217_exposure(dev, auth, where, f"device[{i}].rfc2217")
+            if port in ports:
+                raise _fail(where, f"device[{i}].rfc2217", dev.rfc2217, "two devices have this RFC 2217 port")
+            ports.add(port)
+
+
+def rfc2217_exposure(dev: DeviceConfig, auth: "AuthConfig", where: str, key: str = "rfc2217") -> int:
+    """The device's RFC 2217 port, once its address passes the beyond-loopback rule
+    (ConfigError otherwise)."""
+    host, port = rfc2217_address(dev.rfc2217)
+    if not is_loopback(host) and not dev.rfc2217_allow and not auth.anonymous:
+        raise _fail(where, key, dev.rfc2217,
+                    "RFC 2217 has no authentication: beyond loopback, list the clients' networks in "
+                    "rfc2217_allow, or set [auth] anonymous = true")
+    return port
 
 
 def _with_baudrate(url: str, baud: object, where: str, prefix: str) -> str:
@@ -299,7 +399,7 @@ def device_table(dev: DeviceConfig) -> dict:
             continue
         if f.name == "buttons":
             value = [{"label": b.label, "line": b.line} for b in value]
-        elif f.name == "allow":
+        elif f.name in ("allow", "rfc2217_allow"):
             value = list(value)
         table[f.name] = value
     return table
@@ -466,6 +566,7 @@ def from_dict(data: dict, where: str) -> Config:
             raise _fail(where, f"device[{i}]", table, "expected a table")
         devices.append(device_from(table, where, f"device[{i}]."))
     _check_unique(devices, where)
+    check_rfc2217(devices, auth, where)
     return Config(server=server, limits=limits, auth=auth, mqtt=mqtt, mdns=mdns, serial=serial_config,
                   devices=tuple(devices), source=where)
 

@@ -38,11 +38,13 @@ def apply(gw, load) -> bool:
     changed = [name for name in after if name in before and after[name] != before[name]]
     for name in removed:
         gw.remove_device(name)
-    for name in changed:
-        gw.update_device(name, after[name])
-    for name in added:
-        gw.add_device(after[name])
-    gw.config = replace(old, devices=new.devices)
+    for name in changed + added:
+        try:
+            (gw.update_device(name, after[name]) if name in changed else gw.add_device(after[name]))
+        except ConfigError as exc:  # its rfc2217 port cannot be served with the running [auth]
+            log.error("reload: device %s not applied: %s", name, exc)
+            after[name] = before.get(name)
+    gw.config = replace(old, devices=tuple(d for d in after.values() if d is not None))
     log.info("reloaded %s: %d added (%s), %d removed (%s), %d changed (%s), %d unchanged",
              new.source, len(added), ", ".join(added) or "-", len(removed), ", ".join(removed) or "-",
              len(changed), ", ".join(changed) or "-", len(after) - len(added) - len(changed))

@@ -87,6 +87,7 @@ class SignalShaper:
         self.applied: tuple[bool, bool] | None = None  # what the port has
         self._reset_since = 0.0  # when the chip went into reset (applied == IN_RESET)
         self._timer: Timer | None = None  # a hold in progress: changes wait for it
+        self._dtr_in_reset = False  # the client asserted DTR while the chip was held in reset
         self.bootloader_entries = 0  # recognised esptool entries into the ROM loader
 
     IN_RESET = (False, True)  # RTS asserted, DTR released: EN low, GPIO0 high
@@ -94,6 +95,8 @@ class SignalShaper:
     def set(self, dtr: bool | None = None, rts: bool | None = None) -> None:
         base = self.wanted or self.applied or (False, False)
         self.wanted = (base[0] if dtr is None else dtr, base[1] if rts is None else rts)
+        if self.wanted[0] and self.applied == self.IN_RESET:
+            self._dtr_in_reset = True  # remembered: later changes may arrive before it is applied
         if self._timer is None:
             self._step()
 
@@ -119,12 +122,13 @@ class SignalShaper:
             if left > 0:
                 self._hold(left)
                 return
-            if target[0]:  # GPIO0 low as EN goes high: into the ROM loader, RTS released with it
+            if self._dtr_in_reset:  # GPIO0 low as EN goes high: into the ROM loader, RTS released with it
                 target = (True, False)
                 hold = BOOT_HOLD
                 self.bootloader_entries += 1
         self._apply(*target)
         self.applied = target
+        self._dtr_in_reset = False
         if target == self.IN_RESET:
             self._reset_since = self._clock()
         if hold:

@@ -371,6 +371,8 @@ class GatewayApp:
                 raise HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
             try:
                 gw.add_device(dev)
+            except ConfigError as exc:  # its rfc2217 port cannot be served
+                raise HttpError(HTTPStatus.BAD_REQUEST, f"{where}: {exc}") from None
             except ValueError:
                 raise HttpError(HTTPStatus.CONFLICT, f"{where}: name = {dev.name!r}: a device has this name") from None
             log.info("device %s added (%s) by %s", dev.name, gw.links[dev.name].transport.describe(), peer_of(environ))
@@ -398,6 +400,8 @@ class GatewayApp:
             raise HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
         try:
             gw.update_device(name, dev)
+        except ConfigError as exc:  # its rfc2217 port cannot be served
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"{where}: {exc}") from None
         except KeyError:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}") from None
         log.info("device %s changed (%s) by %s", name, ", ".join(sorted(changes)), peer_of(environ))
