@@ -4,7 +4,9 @@ in the log; what the gateway refuses is shown as its one line; the panel is the 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 
 import pytest
 from playwright.sync_api import expect
@@ -51,7 +53,7 @@ def test_a_refused_flash_shows_the_gateways_reason_and_nothing_starts(gateway, o
     expect(panel.get_by_label("Offset")).to_have_count(1)
     expect(start).to_be_enabled()
     shot(page, "flash-refused")
-    watch.assert_clean(allowed=__import__("re").compile("400 \\(Bad Request\\)"))
+    watch.assert_clean(allowed=re.compile(r"400 \(Bad Request\)"))
 
 
 def test_the_flash_panel_is_for_admins_only(gateway, open_page):
@@ -64,3 +66,34 @@ def test_the_flash_panel_is_for_admins_only(gateway, open_page):
     page, _ = open_page(runner, "/?token=boss")
     expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
     expect(page.locator("#flash-panel")).to_be_visible()
+
+
+def test_a_file_flashed_from_the_page_shows_progress_esptool_and_the_boot(gateway, open_page, tmp_path):
+    runner = gateway((DeviceConfig("sim", "sim://?interval=0"),))
+    page, watch = open_page(runner)
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    data = image(128 * KIB)
+    firmware = tmp_path / "blink.bin"
+    firmware.write_bytes(data)
+    panel = page.get_by_role("group", name="Flash")
+    panel.get_by_label("Firmware file").set_input_files(str(firmware))
+    expect(panel.get_by_label("Offset")).to_have_value("0x0")  # the default
+    panel.get_by_label("Flash baud rate").select_option("460800")
+    panel.get_by_role("button", name="Flash", exact=True).click()
+
+    bar = panel.get_by_label("Flash progress")
+    expect(bar).to_have_js_property("value", 100)
+    expect(panel.locator("#flash-percent")).to_have_text("100 %")
+    expect(panel.locator("#flash-bytes")).to_have_text("128 KiB of 128 KiB")
+    expect(panel.locator("#flash-speed")).to_have_text(re.compile(r"^\d+ KiB/s$"))
+    expect(panel.locator("#flash-phase")).to_have_text("done")
+    # esptool's lines in the log, then the device's boot line with the new image's id.
+    expect(row(page, "sys", "Detecting chip type... ESP8266")).to_have_count(1)
+    expect(row(page, "sys", "Hash of data verified.")).to_have_count(1)
+    fw = "fw=" + hashlib.sha256(data.rstrip(b"\xff")).hexdigest()[:12]
+    expect(row(page, "rx", "boot " + fw)).to_have_count(1)
+    expect(page.locator("#device-state")).to_have_text("connected")
+    expect(panel.get_by_role("button", name="Cancel")).to_be_disabled()
+    expect(panel.get_by_role("button", name="Flash", exact=True)).to_be_enabled()
+    shot(page, "flash-done")
+    watch.assert_clean()
