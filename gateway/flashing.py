@@ -348,12 +348,14 @@ class FlashJob:
         self._last_progress = 0.0
         self._partial = ""  # esptool output without its line end yet
         self._cancel = threading.Event()
+        self._reason = "cancelled"  # the end's error when cancelled
         self._armed = False  # esptool calls raise Cancelled once cancelled (not while cleaning up)
         self.reset_after = True  # reset the device once it is back (not at shutdown)
         self._lock = threading.Lock()
         self.server = None  # the Rfc2217Server lending the device to esptool
         self._port = None  # esptool's end of it (pyserial's client, with its reader thread)
         self._esp = None  # esptool's loader object, once the chip answered
+        self.link = gateway.links.get(name)  # the device's link when the flash began
         self.thread = threading.Thread(target=self._run, name=f"flash:{name}")
 
     # -- any thread ----------------------------------------------------------------------
@@ -365,8 +367,10 @@ class FlashJob:
     def running(self) -> bool:
         return self.state == "running"
 
-    def cancel(self) -> None:
-        self._cancel.set()
+    def cancel(self, reason: str = "cancelled") -> None:
+        if not self._cancel.is_set():
+            self._reason = reason
+            self._cancel.set()
 
     def join(self, timeout: float) -> bool:
         if self.thread.ident is not None:
@@ -396,6 +400,9 @@ class FlashJob:
                 "seconds": round(end - self.started, 3), "error": self.error,
             }
         return out
+
+    def busy_message(self) -> str:
+        return f"device {self.device} is being flashed (by {self.by}, {self.phase}, {self._percent():g} %); cancel it first"
 
     def _percent(self) -> float:
         return round(100.0 * self.bytes / self.total, 1) if self.total else 100.0
@@ -481,11 +488,17 @@ class FlashJob:
             self._armed = True
             self._flash()
         except Cancelled:
-            state, error = "cancelled", "cancelled"
+            state, error = "cancelled", self._reason
         except Exception as exc:
-            state, error = "failed", _describe_error(exc)
-            if not _expected(exc):
-                log.exception("flash of %s failed", self.device)
+            gone = self.gateway.links.get(self.device) is not self.link
+            if gone and not self._cancel.is_set():
+                self._reason = f"device {self.device} was removed or changed during the flash"
+            if gone or self._cancel.is_set():
+                state, error = "cancelled", self._reason  # the device went from under esptool
+            else:
+                state, error = "failed", _describe_error(exc)
+                if not _expected(exc):
+                    log.exception("flash of %s failed", self.device)
         finally:
             self._armed = False
         if self._partial.strip():
@@ -509,9 +522,9 @@ class FlashJob:
         from .rfc2217 import Rfc2217Server
 
         install_logger()
-        link = self.gateway.links.get(self.device)
-        if link is None:
-            raise FlashBusy(f"device {self.device!r} was removed")
+        link = self.link
+        if link is None or self.gateway.links.get(self.device) is not link:
+            raise FlashBusy(f"device {self.device} was removed or changed")
         self._set_phase("connecting")
         self.server = Rfc2217Server(self.gateway, link, "127.0.0.1", 0, label=f"flash ({self.by})")
         self.server.start()
@@ -609,10 +622,10 @@ class Flashing:
                 raise FlashBusy("the gateway is shutting down")
             old = self._jobs.get(name)
             if old is not None and old.running:
-                raise FlashBusy(f"device {name} is being flashed (by {old.by}, {old.phase}, "
-                                f"{old.describe()['percent']:g} %); cancel it first")
-            if link.state.value == "external":
-                raise FlashBusy(f"device {name} is lent out over RFC 2217; flash it once it is released")
+                raise FlashBusy(old.busy_message())
+            if link.external is not None or link.state.value == "external":
+                raise FlashBusy(f"device {name} is held by {link.external or 'an RFC 2217 client'}; "
+                                "flash it once it is released")
             if link.state.value != "connected":
                 raise FlashBusy(f"device {name} is {link.state.value}")
             hub = link.hub
@@ -660,13 +673,20 @@ class Flashing:
         if not job.join(max(0.1, deadline - time.monotonic())):
             log.warning("flash of %s: thread %s did not stop within %.1f s", job.device, job.thread.name, timeout)
 
+    def busy(self, name: str) -> str | None:
+        """Why device `name` cannot be flashed now, before a request is read (or None)."""
+        with self._lock:
+            job = self._jobs.get(name)
+        return job.busy_message() if job is not None and job.running else None
+
     def _device_event(self, event: dict) -> None:
-        """Loop: a device removed while being flashed: cancel its flash (not waited for here)."""
-        if event.get("event") == "removed":
-            with self._lock:
-                job = self._jobs.get(event.get("device"))
-            if job is not None:
-                job.cancel()
+        """Loop: a device being flashed was removed or reopened with new settings (its
+        link replaced): cancel the flash (not waited for here)."""
+        name = event.get("device")
+        with self._lock:
+            job = self._jobs.get(name)
+        if job is not None and job.running and job.link is not None and self.gateway.links.get(name) is not job.link:
+            job.cancel(f"device {name} was removed or changed during the flash")
 
     def _send(self, hub, msg: dict) -> None:
         """Any thread: `msg` to the device's json clients, on the loop."""

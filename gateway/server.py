@@ -432,6 +432,9 @@ class GatewayApp:
                 job = gw.flashing.cancel(name)
                 log.info("flash of %s cancelled by %s", name, peer_of(environ))
                 return json_body(job)
+            busy = gw.flashing.busy(name)  # before 5 MB of request are read for nothing
+            if busy is not None:
+                raise flashing.FlashBusy(busy)
             request = flashing.parse_request(self.json_request(environ, flashing.MAX_BODY), where)
             job = gw.flashing.start(name, request, peer_of(environ))
         except flashing.FlashRequestError as exc:

@@ -19,11 +19,12 @@ import urllib.request
 
 import pytest
 import websocket
-from conftest import ws_url
+from conftest import wait_for, ws_url
 
 from gateway import flashing
 from gateway.app import Gateway
 from gateway.config import AuthConfig, Config, Token, apply_flags
+from gateway.rfc2217 import Rfc2217Server
 
 KIB = 1024
 
@@ -281,3 +282,53 @@ def test_shutdown_mid_flash_stops_it_and_every_thread(start_gateway):
     gw.shutdown()
     assert time.monotonic() - started < 6
     assert not [t.name for t in threading.enumerate() if t.name.startswith(("flash:", "rfc2217", "pySerial"))]
+
+
+def test_two_devices_flash_at_once_each_with_its_own_output(start_gateway):
+    gw = start_gateway(devices=("sim=sim://?interval=0", "two=sim://?interval=0"))
+    clients = {name: JsonClient(gw, name) for name in ("sim", "two")}
+    images = {"sim": image(64 * KIB), "two": image(96 * KIB)}
+    for name, data in images.items():
+        status, _ = call(gw, "POST", f"/api/devices/{name}/flash",
+                         {"files": [{"offset": "0x0", "name": f"{name}.bin", "data": b64(data)}]})
+        assert status == 202
+    for name, client in clients.items():
+        end = client.until(lambda m: m["type"] == "flash" and m["event"] == "end")
+        assert end["state"] == "done" and end["device"] == name and end["total"] == len(images[name]), end
+        # esptool's logger is one per process: each line reached the device it was about.
+        wrote = [m["line"] for m in client.flash("log") if m["line"].startswith("Wrote ")]
+        assert wrote == [wrote[0]] and wrote[0].startswith(f"Wrote {len(images[name])} bytes"), wrote
+        client.until(lambda m: m["type"] == "line" and m["line"] == f"boot fw={fw_of(images[name])}")
+        client.close()
+
+
+def test_a_device_removed_mid_flash_ends_it(start_gateway):
+    gw = start_gateway(devices=("sim=sim://?interval=0&baud=115200",))
+    client = JsonClient(gw)
+    assert post_flash(gw, image(256 * KIB), baud=115200)[0] == 202
+    client.until(lambda m: m["type"] == "flash" and m["event"] == "progress")
+    assert call(gw, "DELETE", "/api/devices/sim")[0] == 200
+    job = wait_for(lambda: gw.flashing.status("sim")["state"] != "running" and gw.flashing.status("sim"),
+                   flashing.CANCEL_GRACE + 5, what="the flash to end")
+    assert job["state"] == "cancelled" and job["error"] == "device sim was removed or changed during the flash", job
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith(("flash:", "pySerial"))],
+             what="the flash's threads to end")
+
+
+def test_a_device_held_over_rfc2217_is_not_flashed_until_released(start_gateway):
+    from serial import rfc2217
+
+    gw = start_gateway(devices=("sim=sim://?interval=0",))
+    server = Rfc2217Server(gw, gw.links["sim"], "127.0.0.1", 0, label="a remote esptool").start()
+    try:
+        port = rfc2217.Serial(f"rfc2217://127.0.0.1:{server.address[1]}", timeout=1)
+        wait_for(lambda: gw.links["sim"].external, what="the RFC 2217 client to hold the device")
+        status, text = post_flash(gw, image(4 * KIB))
+        assert (status, text) == (409, "POST /api/devices/sim/flash: device sim is held by a remote esptool; "
+                                       "flash it once it is released\n")
+        port.close()
+        wait_for(lambda: gw.links["sim"].state.value == "connected", what="the device to be released")
+        assert post_flash(gw, image(4 * KIB))[0] == 202
+        wait_for(lambda: gw.flashing.status("sim")["state"] == "done", 15, what="the flash")
+    finally:
+        server.stop()
