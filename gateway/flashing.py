@@ -335,7 +335,7 @@ class FlashJob:
         self.by = by
         self._send = send  # a message to the device's json clients (from any thread)
         self.state = "running"
-        self.phase = "starting"  # connecting, writing, verifying, resetting, releasing
+        self.phase = "starting"  # then connecting, writing (and verifying), resetting, releasing, ended
         self.error: str | None = None
         self.chip: str | None = None
         self.started = time.time()
@@ -346,6 +346,7 @@ class FlashJob:
         self._write_started: float | None = None
         self._write_seconds = 0.0
         self._last_progress = 0.0
+        self._sent = -1  # bytes in the last progress message
         self._partial = ""  # esptool output without its line end yet
         self._cancel = threading.Event()
         self._reason = "cancelled"  # the end's error when cancelled
@@ -460,8 +461,8 @@ class FlashJob:
                 self._write_seconds += time.monotonic() - self._write_started
                 self._write_started = None
         now = time.monotonic()
-        if finished or now - self._last_progress >= PROGRESS_EVERY:
-            self._last_progress = now
+        if (finished and self.bytes != self._sent) or now - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress, self._sent = now, self.bytes
             with self._lock:
                 msg = {"bytes": self.bytes, "total": self.total, "percent": self._percent(),
                        "speed": self._speed(), "file": self._file}
