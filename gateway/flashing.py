@@ -545,9 +545,10 @@ class FlashJob:
         """Give the device back: esptool's port closed, the server stopped (the link
         reopens the device), then the device's reset sequence played by the gateway."""
         self._set_phase("resetting")
-        link = self.gateway.links.get(self.device)
+        link = self.link
+        gone = self.gateway.links.get(self.device) is not link  # removed, or reopened anew
         own_reset = link is not None and link.config.reset_sequence not in ("", "none")
-        if self._esp is not None and not own_reset:
+        if self._esp is not None and not own_reset and not gone:
             try:
                 self._esp.hard_reset()
             except Exception as exc:
@@ -563,8 +564,7 @@ class FlashJob:
                 self.server.stop(5.0)
             except Exception:
                 log.exception("flash of %s: stopping its RFC 2217 server failed", self.device)
-        link = self.gateway.links.get(self.device)
-        if link is None or not own_reset or self.server is None or not self.reset_after:
+        if gone or not own_reset or self.server is None or not self.reset_after:
             return
         if not link.wait_connected(LINK_BACK):
             log.warning("flash of %s: the device was not reopened within %.0f s; not reset", self.device, LINK_BACK)
@@ -688,6 +688,8 @@ class Flashing:
             job = self._jobs.get(name)
         if job is not None and job.running and job.link is not None and self.gateway.links.get(name) is not job.link:
             job.cancel(f"device {name} was removed or changed during the flash")
+            if job.server is not None:
+                job.server.stop()  # on the loop it only closes: esptool's next read fails at once
 
     def _send(self, hub, msg: dict) -> None:
         """Any thread: `msg` to the device's json clients, on the loop."""
