@@ -49,7 +49,7 @@ def test_a_refused_flash_shows_the_gateways_reason_and_nothing_starts(gateway, o
     panel.get_by_role("button", name="Add file").click()
     expect(panel.get_by_label("Offset")).to_have_count(2)
     expect(start).to_be_disabled()  # the new row has no file
-    panel.get_by_role("button", name="Remove this file").last.click()
+    panel.get_by_role("button", name="Drop this file").last.click()
     expect(panel.get_by_label("Offset")).to_have_count(1)
     expect(start).to_be_enabled()
     shot(page, "flash-refused")

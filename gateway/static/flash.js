@@ -136,8 +136,8 @@ export class FlashPanel {
     offset.setAttribute("aria-label", "Offset");
     const remove = el("button", "small", "×");
     remove.type = "button";
-    remove.title = "Remove this file";
-    remove.setAttribute("aria-label", "Remove this file");
+    remove.title = "Drop this file from the flash";
+    remove.setAttribute("aria-label", "Drop this file");
     remove.addEventListener("click", () => { row.remove(); this.paint(); });
     file.addEventListener("change", () => this.paint());
     row.append(file, el("span", "at", "at"), offset, remove);
