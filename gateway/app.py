@@ -299,7 +299,10 @@ class Gateway:
             link.full_clients = old.full_clients
 
     def _link_state(self, link: DeviceLink, state) -> None:
-        self._emit({"type": "device", "event": "state", "device": link.name, "state": state.value})
+        event = {"type": "device", "event": "state", "device": link.name, "state": state.value}
+        if link.external is not None:
+            event["by"] = link.external  # who holds it (RFC 2217)
+        self._emit(event)
 
     def _emit(self, event: dict) -> None:
         if not self.device_watchers:

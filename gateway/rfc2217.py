@@ -151,13 +151,19 @@ class PortAdapter:
     # modem lines the client may watch: not polled (an idle gateway wakes no thread)
     cts = dsr = ri = cd = False
 
-    def _call(self, what: str, fn, *args) -> bool:
-        self._session.flush_data()  # the client's bytes before its request, in order
+    def _call(self, what: str, fn, *args, setting: bool = False) -> bool:
+        """`fn(*args)`, after the client's bytes that came before the request; False when
+        it failed (logged). A setting the port refuses raises ValueError, which
+        PortManager answers with the value in effect."""
+        self._session.flush_data()
         try:
             fn(*args)
             return True
         except ValueError:
-            raise
+            if setting:
+                raise
+            log.info("rfc2217 %s: %s refused", self._session.label, what)
+            return False
         except Exception as exc:  # TransportError: the device went away; no method
             log.info("rfc2217 %s: %s: %s", self._session.label, what, exc)
             return False
@@ -172,12 +178,12 @@ class PortAdapter:
         if set_baudrate is None:
             self._baudrate = baud  # a transport with no baud rate (sim:// before its loader): kept
             return
-        if self._call(f"baud rate {baud}", set_baudrate, baud):
+        if self._call(f"baud rate {baud}", set_baudrate, baud, setting=True):
             self._baudrate = baud
 
     def _configure(self, key: str, value) -> None:
         configure = getattr(self._link.transport, "configure", None)
-        if configure is None or self._call(f"{key} {value!r}", lambda: configure(**{key: value})):
+        if configure is None or self._call(f"{key} {value!r}", lambda: configure(**{key: value}), setting=True):
             self._settings[key] = value
 
     def __getattr__(self, key: str):
@@ -343,7 +349,11 @@ class Session:
             if not data:
                 self.end("it closed the connection")
                 return
-            self._received(data)
+            try:
+                self._received(data)
+            except Exception:  # a bug here must not leave the device held
+                log.exception("rfc2217 %s: handling its bytes failed", self.label)
+                self.end("the gateway failed on its request")
 
     def _received(self, data: bytes) -> None:
         self.bytes_in += len(data)

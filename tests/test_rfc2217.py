@@ -5,13 +5,15 @@ sequences played over the network reach the simulated board's auto-reset circuit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
 import socket
 import struct
+import subprocess
+import sys
 import termios
-import time
 
 import pytest
 import serial
@@ -126,6 +128,34 @@ def test_a_taken_port_is_refused_at_start_and_by_the_device_api(gateway):
         assert "b" not in gw.links
 
 
+def test_the_device_api_adds_moves_and_removes_an_rfc2217_port(gateway):
+    import urllib.request
+
+    gw = gateway({"name": "sim", "url": "sim://?interval=0"})
+    events = websocket.create_connection(ws_url(gw, "_events"), timeout=5)
+    assert json.loads(events.recv())["type"] == "hello"
+
+    def patch(changes) -> dict:
+        req = urllib.request.Request(gw.url + "/api/devices/sim", json.dumps(changes).encode(),
+                                     {"Content-Type": "application/json"}, method="PATCH")
+        return json.loads(urllib.request.urlopen(req, timeout=5).read())
+
+    assert gw.describe_devices("sim")[0]["rfc2217"] is None
+    port = free_port()
+    assert patch({"rfc2217": port})["rfc2217"] == f"127.0.0.1:{port}"
+    wait_for(lambda: gw.links["sim"].state.value == "connected", what="the device reopened")
+    client = open_port(("127.0.0.1", port))
+    holder = gw.rfc2217["sim"].holder
+    assert until(events, lambda m: m.get("state") == "external") == {
+        "type": "device", "event": "state", "device": "sim", "state": "external", "by": holder}
+    assert patch({"rfc2217": None})["rfc2217"] is None  # the session ends with its server
+    assert "sim" not in gw.rfc2217
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    client.close()
+    events.close()
+
+
 # -- the reset sequences (SignalShaper, no sockets) ----------------------------------------
 
 
@@ -201,7 +231,9 @@ def test_watchers_see_external_cannot_write_and_see_connected_again(gateway):
         port.write(b"PING\n")  # raw bytes: the simulator's line protocol as it is
         assert port.read_until(b"\n") == b"PONG\n"
         assert until(ws, lambda m: m["type"] == "line")["line"] == "PONG"  # watchers get every line
-        late = watch(gw)  # a client arriving meanwhile is told in its hello
+        late = websocket.create_connection(ws_url(gw, "sim", format="json"), timeout=5)
+        hello = json.loads(late.recv())  # a client arriving meanwhile is told in its hello
+        assert (hello["state"], hello["by"]) == ("external", holder)
     finally:
         port.close()
     until(ws, status("connected"))
@@ -228,6 +260,16 @@ def test_a_second_client_is_refused_with_the_reason_and_the_first_keeps_the_port
         assert first.read_until(b"\n") == b"still mine\n"
     finally:
         first.close()
+
+
+def test_a_client_from_a_network_not_in_rfc2217_allow_is_refused(gateway):
+    gw = gateway({"name": "sim", "url": "sim://?interval=0", "rfc2217": free_port(), "rfc2217_allow": ["10.0.0.0/8"]})
+    with socket.create_connection(rfc2217_of(gw), timeout=5) as raw:
+        reason = b""
+        while chunk := raw.recv(1024):
+            reason += chunk
+        assert reason.decode() == f"gateway: refused: 127.0.0.1:{raw.getsockname()[1]} is not in rfc2217_allow of device sim\r\n"
+    assert gw.links["sim"].state.value == "connected" and gw.rfc2217["sim"].refused == 1
 
 
 def test_a_client_that_vanishes_mid_session_leaves_the_device_usable(gateway):
@@ -287,12 +329,16 @@ def test_dtr_rts_and_break_from_pyserials_client_reach_the_simulated_board(gatew
         for dtr, rts in ((False, False), (True, False), (False, False)):
             port.dtr, port.rts = dtr, rts
             wait_for(lambda: (board.dtr, board.rts) == (dtr, rts), what=f"DTR {dtr} RTS {rts}")
+        port.baudrate = 460800
+        wait_for(lambda: gw.links["sim"].transport.baudrate == 460800, what="the simulated UART at 460800")
         port.send_break(0.05)
         port.write(b"PING\n")
         # DTR released before RTS passed through "RTS alone": a reset, so the boot comes first
         assert [port.read_until(b"\n") for _ in range(3)][1:] == [b"ready\n", b"PONG\n"]
     finally:
         port.close()
+    wait_for(lambda: gw.links["sim"].state.value == "connected", what="the device back")
+    assert gw.links["sim"].transport.baudrate == 115200  # its own rate again
 
 
 def pty_device():
@@ -361,4 +407,80 @@ def test_an_ephemeral_server_in_process_with_a_label(gateway):
         port.close()
     finally:
         server.stop(2)
+    ws.close()
+
+
+# -- esptool (the real CLI, pinned in requirements.txt) through the gateway ----------------
+
+
+def esptool(address, *args, cwd=None) -> subprocess.Popen:
+    """`python -m esptool --chip esp8266 --port rfc2217://HOST:PORT ARGS`, started, with
+    esptool's defaults (reset into the loader and out again over DTR/RTS, the stub,
+    compression)."""
+    host, port = address
+    return subprocess.Popen([sys.executable, "-m", "esptool", "--chip", "esp8266", "--port", f"rfc2217://{host}:{port}",
+                             *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def output(proc: subprocess.Popen) -> str:
+    """What esptool printed; it must succeed."""
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_esptool_reads_the_mac_and_the_flash_id_and_erases_with_its_defaults(gateway, tmp_path):
+    # Three boards, one esptool each, at once (pyserial's client waits 50 ms for each
+    # setting it changes: esptool takes seconds through any RFC 2217 server).
+    (tmp_path / "flash.bin").write_bytes(b"an image to erase")
+    gw = gateway({"name": "a", "url": "sim://?interval=0", "rfc2217": free_port()},
+                 {"name": "b", "url": "sim://?interval=0", "rfc2217": free_port()},
+                 {"name": "c", "url": f"sim://?interval=0&flash={tmp_path / 'flash.bin'}", "rfc2217": free_port()})
+    ws = watch(gw, "c")
+    ws.send(json.dumps({"line": "GET fw", "id": 1, "reply": True}))
+    assert until(ws, lambda m: m["type"] == "reply")["line"] == f"fw={hashlib.sha256(b'an image to erase').hexdigest()[:12]}"
+    read_mac, flash_id, erase = (esptool(rfc2217_of(gw, "a"), "read-mac"), esptool(rfc2217_of(gw, "b"), "flash-id"),
+                                 esptool(rfc2217_of(gw, "c"), "erase-flash"))
+    out = output(read_mac)
+    assert "Stub flasher running." in out and "MAC:                5c:cf:7f:0a:1b:2c" in out
+    out = output(flash_id)
+    assert "Manufacturer: ef" in out and "Detected flash size: 4MB" in out and "Hard resetting via RTS pin" in out
+    assert "Flash memory erased successfully" in output(erase)
+    ws.settimeout(30)
+    until(ws, status("external"), limit=100000)
+    until(ws, status("connected"), limit=100000)
+    ws.send(json.dumps({"line": "GET fw", "id": 2, "reply": True}))
+    assert until(ws, lambda m: m["type"] == "reply")["line"] == "fw=none"
+    ws.close()
+    for name in "abc":
+        wait_for(lambda: gw.links[name].state.value == "connected", what=f"device {name} back")
+        assert gw.rfc2217[name].sessions == 1
+
+
+def test_esptool_flashes_at_a_higher_baud_while_watchers_see_it_all(gateway, tmp_path):
+    gw = gateway({"name": "sim", "url": "sim://?interval=0", "rfc2217": free_port()})
+    image = bytearray(os.urandom(256 * 1024))  # random: sent as it is, 0xFF (IAC) bytes among it
+    image[0], image[-1] = 0x42, 0x42  # no image header for esptool to patch; the image ends at its last byte
+    (tmp_path / "app.bin").write_bytes(image)
+    fw = hashlib.sha256(image).hexdigest()[:12]
+    ws = watch(gw)
+    ws.settimeout(60)  # the loader's answers hold no line end: watchers may wait a while for a line
+    flashing = esptool(rfc2217_of(gw), "--baud", "460800", "write-flash", "0x0", "app.bin", cwd=tmp_path)
+    try:
+        holder = until(ws, status("external"))["by"]
+        ws.send(json.dumps({"line": "GET fw", "id": 1}))
+        assert f"held by {holder}" in until(ws, lambda m: m["type"] == "error")["error"]
+        # esptool's hard reset at the end boots the image: the watchers see it
+        assert until(ws, lambda m: m["type"] == "line" and m["line"].startswith("boot fw="), limit=100000)["line"] \
+            == f"boot fw={fw}"
+    finally:
+        out = output(flashing)
+    assert "Changing baud rate to 460800" in out and "Wrote 262144 bytes" in out and "Hash of data verified." in out
+    until(ws, status("connected"), limit=100000)
+    ws.send(json.dumps({"line": "GET fw", "id": 2, "reply": True}))
+    assert until(ws, lambda m: m["type"] == "reply")["line"] == f"fw={fw}"
     ws.close()
