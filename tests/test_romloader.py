@@ -97,8 +97,13 @@ def test_slip_drops_bad_escapes_overlong_frames_and_ignores_what_lies_between():
     decoder = SlipDecoder(limit=10)
     assert decoder.feed(b"\xc0ab\xdb\x01cd\xc0") == []  # a bad escape: dropped whole
     assert decoder.feed(b"\xc0" + b"x" * 11 + b"\xc0") == []  # too long: dropped whole
-    assert decoder.feed(b"\xc0\xc0") == []  # an empty frame is none
     assert decoder.feed(b"junk\xc0ok\xc0junk\xc0ok2\xc0") == [b"ok", b"ok2"]
+    assert decoder.feed(b"\xc0\xc0") == []  # an empty frame is none; its second C0 opens a frame
+    assert decoder.feed(b"ok3\xc0\xc0ok4\xc0") == [b"ok3", b"ok4"]
+    # A reader out of step (inside a stale frame) finds it again at the next request.
+    decoder = SlipDecoder()
+    stale = decoder.feed(b"\xc0half")
+    assert stale == [] and decoder.feed(b"\xc0A\xc0" + b"\xc0B\xc0") == [b"half", b"B"]
     assert slip_encode(b"\xc0\xdb") == b"\xc0\xdb\xdc\xdb\xdd\xc0"
 
 
@@ -307,10 +312,17 @@ def test_link_switches_rate_after_change_baudrate_and_boots_the_new_image():
                 save_flash=lambda flash: saved.append(flash.image_id()))
     start_stub(link.loader)
     link.receive(request(rl.CHANGE_BAUDRATE, words(921600, 115200)))
-    while link.rate == 11520:
-        assert link.send() == b"" or True
-        now[0] += max(link.wait() or 0, 0.001)
-    assert link.rate == 92160
+    out = b""
+    while len(answers([out])) < 1:
+        assert link.rate == 11520  # the answer goes at the old rate
+        out += link.send()
+        now[0] += link.wait() or 0
+    assert link.rate == 92160  # switched as soon as the answer was out
+    md5 = request(rl.SPI_FLASH_MD5, words(0, 4096, 0, 0))
+    link.receive(md5)  # the next request arrives at the new rate
+    assert link.wait() == pytest.approx(len(md5) / 92160)
+    now[0] += link.wait()
+    assert answers([drain(link)])[0][3] == 0
     image = os.urandom(3000)
     link.loader.flash.write(0, image)
     link.receive(request(rl.RUN_USER_CODE))
@@ -360,6 +372,47 @@ def test_sim_transport_records_baudrate_purges_input_and_keeps_its_flash(tmp_pat
         got += data
     assert f"boot fw={hashlib.sha256(b'app').hexdigest()[:12]}".encode() in got
     assert load(str(path)).image() == b"app"  # saved at the boot
+    t.open()  # a reopen: the configured rate, the same flash
+    assert t.baudrate == 115200 and t.link.device.firmware == hashlib.sha256(b"app").hexdigest()[:12]
     t.close()
     with pytest.raises(ValueError, match="flash file .*no directory"):
         create(f"sim://?flash={tmp_path}/missing/flash.bin")
+
+
+def test_esptools_classic_reset_one_line_at_a_time_reaches_the_loader():
+    """esptool's ClassicReset (what it uses over RFC 2217) sets DTR, then RTS, each alone;
+    the board reads GPIO0 a moment after EN rises, as the RC on a real board's EN allows."""
+    now = [0.0]
+    link = Link(SimulatedDevice(0, clock=lambda: now[0]), clock=lambda: now[0])
+    link.set_signals(dtr=False)
+    link.set_signals(rts=True)  # EN low
+    now[0] += 0.1
+    link.set_signals(dtr=True)  # both asserted: EN rises, GPIO0 not yet low
+    assert not link.in_bootloader
+    link.set_signals(rts=False)  # GPIO0 low, within the sampling delay
+    assert link.in_bootloader and drain(link) == BOOT_NOISE  # no "ready"
+    now[0] += 0.05
+    link.set_signals(dtr=False)
+    link.receive(request(rl.SYNC, SYNC_DATA))
+    assert answers([drain(link)]) == [(rl.SYNC, 0x20120707, b"", 0)] * 8
+    # Later than the delay, GPIO0 low changes nothing: the firmware runs.
+    link.set_signals(dtr=False, rts=True)
+    link.set_signals(rts=False)
+    now[0] += 0.1
+    link.set_signals(dtr=True)
+    assert not link.in_bootloader and drain(link) == BOOT_NOISE + b"ready\n"
+
+
+def test_a_new_connection_forgets_a_half_received_frame():
+    link = Link(SimulatedDevice(0), bootloader=True)
+    link.receive(b"\xc0\x00\x08\x24")  # a client that went away mid-request
+    link.reset()  # serve.py: a new TCP connection
+    link.receive(request(rl.SYNC, SYNC_DATA))
+    assert answers([drain(link)]) == [(rl.SYNC, 0x20120707, b"", 0)] * 8
+
+
+def test_the_standalone_simulator_refuses_a_flash_file_it_cannot_write(tmp_path):
+    from gateway.simulator.serve import SimulatorServer
+
+    with pytest.raises(ValueError, match="no directory"):
+        SimulatorServer("tcp://127.0.0.1:0", flash=str(tmp_path / "nope" / "flash.bin"))

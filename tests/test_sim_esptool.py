@@ -4,7 +4,8 @@
 its ROM loader; esptool (pinned in requirements.txt) talks to it over `socket://`, which
 has no DTR or RTS: `--before no-reset`, and `--after soft-reset` (the stub's
 RUN_USER_CODE) to boot what was flashed. Most runs are unpaced; one is paced like a UART
-at 115200 baud and switches to a higher rate with esptool's `--baud`.
+at 115200 baud and switches to a higher rate with esptool's `--baud`. The last test runs
+esptool as a library on `sim://` itself, with its default DTR/RTS reset.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+import serial
 
 from conftest import stop_process
 from gateway.simulator.romloader import FLASH_BEGIN, FLASH_END, RUN_USER_CODE, slip_encode
+from gateway.transports import create
 
 ROOT = Path(__file__).resolve().parent.parent
 MAC = "5c:cf:7f:0a:1b:2c"  # gateway/simulator/romloader.py DEFAULT_MAC
@@ -129,8 +132,10 @@ def test_write_read_back_erase_then_boot_blank(simulator, tmp_path):
     out = esptool(address, "write-flash", "0x0", "app.bin", cwd=tmp_path)
     # Random bytes do not compress: esptool sends them as they are (FLASH_DATA).
     assert "Wrote 262144 bytes at 0x00000000" in out and "Hash of data verified." in out
-    out = esptool(address, "read-flash", "0", str(len(image)), "back.bin", cwd=tmp_path)
-    assert (tmp_path / "back.bin").read_bytes() == image
+    # The last 64 KiB (esptool reads pyserial's socket:// a byte at a time: 256 KiB take 7 s).
+    out = esptool(address, "read-flash", "0x30000", "0x10000", "back.bin", cwd=tmp_path)
+    assert "Read 65536 bytes from 0x00030000" in out
+    assert (tmp_path / "back.bin").read_bytes() == image[0x30000:]
     out = esptool(address, "erase-flash", after="soft-reset")
     assert "Flash memory erased successfully" in out and "Soft resetting..." in out
     client = LineClient(address)
@@ -167,10 +172,10 @@ def test_compressed_write_boots_the_image_and_keeps_it_in_the_flash_file(simulat
 
 def test_uncompressed_write_then_the_boot_prints_ready_and_the_image_id(simulator, tmp_path):
     address = simulator()
-    image = random_image(64 * 1024)
+    image = random_image(256 * 1024)
     (tmp_path / "app.bin").write_bytes(image)
     out = esptool(address, "write-flash", "--no-compress", "0x0", "app.bin", cwd=tmp_path)
-    assert "Wrote 65536 bytes at 0x00000000" in out and "Hash of data verified." in out
+    assert "Wrote 262144 bytes at 0x00000000" in out and "Hash of data verified." in out
     client = LineClient(address)  # a new connection, still in the stub
     try:
         client.send(request(RUN_USER_CODE))  # what esptool's --after soft-reset sends to the stub
@@ -199,3 +204,84 @@ def test_paced_link_changes_baud_like_a_uart(simulator, tmp_path):
         assert client.ask("GET fw", "fw=") == f"fw={fw_id(image)}"
     finally:
         client.close()
+
+
+# -- esptool as a library on sim://, through its signals ------------------------------------------
+
+
+class TransportPort(serial.SerialBase):
+    """A pyserial port over a transport, as the gateway's RFC 2217 port will offer one:
+    bytes, DTR/RTS, the baud rate and purges reach the transport. Named rfc2217:// so
+    esptool resets it the way it does over RFC 2217 (ClassicReset: one line at a time)."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self._rx = bytearray()
+        super().__init__()
+        self.port = "rfc2217://sim"
+        self.is_open = True
+
+    def open(self):
+        self.is_open = True
+
+    def close(self):
+        self.is_open = False
+
+    def _reconfigure_port(self, force_update=False):
+        if getattr(self, "transport", None) is not None:
+            self.transport.set_baudrate(self._baudrate)
+
+    def _update_dtr_state(self):
+        self.transport.set_signals(self._dtr_state, None)
+
+    def _update_rts_state(self):
+        self.transport.set_signals(None, self._rts_state)
+
+    @property
+    def in_waiting(self):
+        self._rx += self.transport.read(timeout=0)
+        return len(self._rx)
+
+    def read(self, size=1):
+        deadline = time.monotonic() + (self._timeout if self._timeout is not None else 60)
+        while len(self._rx) < size and (left := deadline - time.monotonic()) > 0:
+            self._rx += self.transport.read(timeout=left)
+        data, self._rx = bytes(self._rx[:size]), self._rx[size:]
+        return data
+
+    def write(self, data):
+        self.transport.write(bytes(data))
+        return len(data)
+
+    def reset_input_buffer(self):
+        self._rx.clear()
+        self.transport.purge(input=True, output=False)
+
+    def reset_output_buffer(self):
+        self.transport.purge(input=False, output=True)
+
+
+def test_esptool_library_resets_flashes_and_hard_resets_a_paced_sim_transport(tmp_path):
+    from esptool.cmds import attach_flash, detect_chip, reset_chip, run_stub, write_flash
+
+    image = random_image(16 * 1024)
+    (tmp_path / "app.bin").write_bytes(image)
+    transport = create("sim://?interval=1&baud=115200")
+    transport.open()
+    try:
+        esp = detect_chip(TransportPort(transport), 115200, "default-reset")  # DTR/RTS: the ROM loader
+        assert esp.get_chip_description() == "ESP8266EX"
+        esp = run_stub(esp)
+        esp.change_baud(460800)
+        assert transport.baudrate == 460800 and transport.link.rate == 46080
+        attach_flash(esp)
+        write_flash(esp, [(0, str(tmp_path / "app.bin"))])
+        reset_chip(esp, "hard-reset")  # RTS: EN low, then the firmware
+        got = b""
+        deadline = time.monotonic() + 5
+        while b"\nboot fw=" not in got and time.monotonic() < deadline:
+            got += transport.read(timeout=0.5)
+        assert got.endswith(f"ready\nboot fw={fw_id(image)}\n".encode())
+        assert transport.link.rate == 11520  # the reset returned the link to its own baud
+    finally:
+        transport.close()

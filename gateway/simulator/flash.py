@@ -25,6 +25,8 @@ FLASH_SIZE = 4 * 1024 * 1024
 SECTOR = 4096
 ERASED = 0xFF
 ID_DIGITS = 12
+SCAN = 65536
+BLANK = bytes([ERASED]) * SCAN
 
 
 class FlashImage:
@@ -70,18 +72,29 @@ class FlashImage:
             self._data[offset:offset + size] = bytes([ERASED]) * size
         self.dirty = True
 
+    def image_size(self) -> int:
+        """The written image's length: up to the last byte that is not 0xFF."""
+        data = self._data
+        if data is None:
+            return 0
+        end = FLASH_SIZE
+        while end > 0:  # compare 64 KiB at a time from the end: no copy of the flash
+            start = max(0, end - SCAN)
+            if data[start:end] != BLANK[:end - start]:
+                return start + len(data[start:end].rstrip(bytes([ERASED])))
+            end = start
+        return 0
+
     def image(self) -> bytes:
         """The written image: the flash up to its last byte that is not 0xFF."""
-        if self._data is None:
-            return b""
-        return bytes(self._data).rstrip(bytes([ERASED]))
+        return bytes(self._data[:self.image_size()]) if self._data is not None else b""
 
     def image_id(self) -> str | None:
         """The first 12 hex digits of the written image's SHA-256; None when blank."""
-        image = self.image()
-        if not image:
+        size = self.image_size()
+        if not size:
             return None
-        return hashlib.sha256(image).hexdigest()[:ID_DIGITS]
+        return hashlib.sha256(memoryview(self._data)[:size]).hexdigest()[:ID_DIGITS]
 
 
 def load(path: str) -> FlashImage:

@@ -28,7 +28,9 @@ Faults (`FAULT` commands answer `OK FAULT ...` first; a schedule acts unannounce
 The auto-reset circuit of a NodeMCU / Wemos board (`set_signals(dtr, rts)`, True =
 asserted): EN is held low while RTS is asserted and DTR is not; GPIO0 is held low while
 DTR is asserted and RTS is not. While EN is low the board is in reset: silent, deaf.
-When EN goes high again the board boots: the ROM's 74880-baud boot noise (raw bytes, as
+When EN goes high again the board boots (it reads GPIO0 GPIO0_SAMPLE_DELAY later, so DTR
+and RTS set one after the other, as esptool's classic reset does, still count as set
+together): the ROM's 74880-baud boot noise (raw bytes, as
 `FAULT NOISE`), then, with GPIO0 high, the `ready` line and a fresh start (uptime 0,
 LED off, the default interval) and, when the flash holds an image, `boot fw=<id>`;
 with GPIO0 low, the ROM loader (`in_bootloader`), which answers no line of the protocol
@@ -66,6 +68,9 @@ MAX_FAULT_SECONDS = 3600.0
 MAX_BAUD = 100_000_000
 DEFAULT_SECONDS = {"DROP": 0.0, "STALL": 1.0}
 KINDS = ("DROP", "STALL", "NOISE", "PARTIAL")
+
+# EN rises through an RC on the board; the ROM reads GPIO0 this long after EN is released.
+GPIO0_SAMPLE_DELAY = 0.01
 
 # What an ESP8266's ROM prints at 74880 baud on reset, read at 115200: not valid UTF-8,
 # no line end inside. The gateway must pass it on, never drop it or choke on it.
@@ -214,6 +219,7 @@ class Link:
         self.in_reset = False  # EN held low
         self.in_bootloader = False  # booted with GPIO0 low: deaf to the line protocol
         self.boots = 0
+        self._sample_gpio0_until = 0.0  # after EN is released, GPIO0 low still means the loader
         self.flash = flash if flash is not None else FlashImage()
         self.save_flash = save_flash
         self.loader: RomLoader | None = None  # while in_bootloader
@@ -242,7 +248,17 @@ class Link:
                 self._held = None
             self._queue.extend(self._answer(line.text))
 
+    def _settle_rate(self) -> None:
+        """A baud change whose answer is all handed out takes effect now, not at the
+        next send(): the host's next request already comes at the new rate."""
+        while not self._buf and self._queue and isinstance(self._queue[0], _SetRate):
+            if self.baud:  # an unpaced link stays unpaced
+                self._set_rate(self._queue.popleft().baud)
+            else:
+                self._queue.popleft()
+
     def _receive_loader(self, data: bytes) -> None:
+        self._settle_rate()
         due = 0.0
         if self.rate:
             self._rx_free_at = max(self.clock(), self._rx_free_at) + len(data) / self.rate
@@ -293,6 +309,8 @@ class Link:
             n = min(n, self.quantum)
         data = bytes(self._buf[:n])
         del self._buf[:n]
+        if not self._buf:
+            self._settle_rate()
         if self.rate:
             # A driver that wakes a little late does not slow the line down; after an
             # idle spell the line starts afresh, with no burst to make up for it.
@@ -370,9 +388,7 @@ class Link:
                     return
                 buf += queue.popleft().data
             elif isinstance(head, _SetRate):
-                queue.popleft()
-                if self.baud:  # an unpaced link stays unpaced
-                    self._set_rate(head.baud)
+                self._settle_rate()
             elif isinstance(head, _RunFirmware):
                 queue.popleft()
                 self._boot(bootloader=False)
@@ -425,6 +441,13 @@ class Link:
         elif not en_low and self.in_reset:
             self.in_reset = False
             self._boot(bootloader=self.dtr and not self.rts)
+            self._sample_gpio0_until = self.clock() + GPIO0_SAMPLE_DELAY
+        elif (self.dtr and not self.rts and not self.in_reset and not self.in_bootloader
+              and self.clock() < self._sample_gpio0_until):
+            # GPIO0 pulled low while EN is still rising (esptool's classic reset sets DTR
+            # and RTS one after the other): the ROM reads it low and starts its loader.
+            self._queue.clear()
+            self._enter_loader()
 
     def set_break(self, on: bool) -> None:
         """A BREAK: the simulated board ignores it."""
@@ -480,6 +503,8 @@ class Link:
         self._queue.clear()
         self._buf.clear()
         self._decoder.reset()
+        if self.loader is not None:
+            self.loader.reset_input()
         self._held = None
         self._stall_until = 0.0
         self.dropped = False

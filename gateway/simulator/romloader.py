@@ -107,8 +107,9 @@ def slip_encode(payload: bytes) -> bytes:
 
 class SlipDecoder:
     """SLIP frames out of a byte stream, as the stub reads them: C0 opens a frame and C0
-    closes it; bytes outside a frame are ignored; an empty frame (C0 C0) is none; a bad
-    escape or a frame longer than `limit` is dropped."""
+    closes it; bytes outside a frame are ignored; a bad escape or a frame longer than
+    `limit` is dropped. An empty frame (C0 C0) is none, and its second C0 opens the next
+    frame (RFC 1055's way: a reader that lost step finds it again at the next frame)."""
 
     def __init__(self, limit: int = MAX_FRAME):
         self.limit = limit
@@ -155,10 +156,10 @@ class SlipDecoder:
                 self._escaping = not self._dropping
             elif self._dropping:
                 self._dropping = False
-            else:
-                if self._frame:
-                    frames.append(bytes(self._frame))
+            elif self._frame:
+                frames.append(bytes(self._frame))
                 self._frame = None
+            # else: an empty frame (C0 C0) is none, and the second C0 opens the next one
         return frames
 
     def _put(self, data: bytes | int) -> None:
@@ -226,6 +227,10 @@ class RomLoader:
 
     # -- input ---------------------------------------------------------------------------
 
+    def reset_input(self) -> None:
+        """Forget a half-received frame (a new connection to the simulator)."""
+        self._slip.reset()
+
     def feed(self, data: bytes) -> list[Output]:
         for frame in self._slip.feed(data):
             if self._read is not None:
@@ -238,15 +243,15 @@ class RomLoader:
     def _request(self, frame: bytes) -> None:
         if len(frame) < HEADER.size:
             op = frame[1] if len(frame) > 1 else 0
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         direction, op, size, chk = HEADER.unpack_from(frame)
         data = frame[HEADER.size:]
         if direction != 0x00:
-            self._answer(op, status=self._invalid)
+            self._answer(op, status=self._code(INVALID_COMMAND))
             return
         if len(data) != size:
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         if self._carried != OK:
             self._answer(op, status=self._carried)
@@ -257,27 +262,15 @@ class RomLoader:
             if op == GET_SECURITY_INFO and self.stub:
                 self._answer(op, status=NOT_IMPLEMENTED)
             else:
-                self._answer(op, status=self._invalid)
+                self._answer(op, status=self._code(INVALID_COMMAND))
             return
         handler(self, op, data, chk)
 
     # -- output --------------------------------------------------------------------------
 
-    @property
-    def _bad_len(self) -> int:
-        return BAD_DATA_LEN if self.stub else ROM_INVALID
-
-    @property
-    def _invalid(self) -> int:
-        return INVALID_COMMAND if self.stub else ROM_INVALID
-
-    @property
-    def _bad_checksum(self) -> int:
-        return BAD_CHECKSUM if self.stub else ROM_BAD_CHECKSUM
-
-    @property
-    def _failed(self) -> int:
-        return FAILED_SPI_OP if self.stub else ROM_FAILED
+    def _code(self, stub_code: int, rom_code: int = ROM_INVALID) -> int:
+        """A failure's status: the stub's code, or the ROM's."""
+        return stub_code if self.stub else rom_code
 
     def _answer(self, op: int, value: int = 0, data: bytes = b"", status: int = OK) -> None:
         if status != OK:
@@ -324,7 +317,7 @@ class RomLoader:
 
     def _sync(self, op: int, data: bytes, chk: int) -> None:
         if len(data) != 36:
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         value = 0 if self.stub else SYNC_VALUE
         for _ in range(SYNC_ANSWERS):
@@ -332,13 +325,13 @@ class RomLoader:
 
     def _read_reg(self, op: int, data: bytes, chk: int) -> None:
         if len(data) != 4:
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         self._answer(op, self.read_register(_words(data, 1)[0]))
 
     def _write_reg(self, op: int, data: bytes, chk: int) -> None:
         if not data or len(data) % 16:
-            self._answer(op, status=NOT_ENOUGH_DATA if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(NOT_ENOUGH_DATA))
             return
         for i in range(0, len(data), 16):
             addr, value, mask, _delay = struct.unpack_from("<4I", data, i)
@@ -347,22 +340,22 @@ class RomLoader:
 
     def _mem_begin(self, op: int, data: bytes, chk: int) -> None:
         if len(data) != 16:
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         self._mem_remaining = _words(data, 1)[0]
         self._answer(op)
 
     def _mem_data(self, op: int, data: bytes, chk: int) -> None:
         if len(data) < 16:
-            self._answer(op, status=NOT_ENOUGH_DATA if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(NOT_ENOUGH_DATA))
             return
         if self._mem_remaining is None:
-            self._answer(op, status=NOT_IN_FLASH_MODE if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(NOT_IN_FLASH_MODE))
             return
         size = _words(data, 1)[0]
         block = data[16:]
         if size != len(block) or size > self._mem_remaining:
-            self._answer(op, status=TOO_MUCH_DATA if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(TOO_MUCH_DATA))
             return
         if not self.stub and checksum(block) != chk:
             self._answer(op, status=ROM_BAD_CHECKSUM)
@@ -372,10 +365,10 @@ class RomLoader:
 
     def _mem_end(self, op: int, data: bytes, chk: int) -> None:
         if len(data) != 8:
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         if self._mem_remaining is None:
-            self._answer(op, status=NOT_IN_FLASH_MODE if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(NOT_IN_FLASH_MODE))
             return
         self._mem_remaining = None
         self._answer(op)
@@ -392,14 +385,14 @@ class RomLoader:
     def _flash_begin(self, op: int, data: bytes, chk: int) -> None:
         compressed = op == FLASH_DEFL_BEGIN
         if len(data) not in ((16, 20) if self.stub else (16,)):
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         size, _blocks, _block_size, offset = _words(data, 4)
         # The stub takes the image's size, the ROM an erase size (esptool's
         # get_erase_size works around the ROM's erase bug); both erase the sectors covered.
         start, end = offset - offset % SECTOR, -(-(offset + size) // SECTOR) * SECTOR
         if not self.flash.check(start, end - start):
-            self._answer(op, status=self._failed)
+            self._answer(op, status=self._code(FAILED_SPI_OP, ROM_FAILED))
             return
         self.flash.erase(start, end - start)
         self._write = _FlashWrite(offset, size if self.stub else FLASH_SIZE - offset, compressed)
@@ -408,12 +401,11 @@ class RomLoader:
     def _flash_data(self, op: int, data: bytes, chk: int) -> None:
         compressed = op == FLASH_DEFL_DATA
         if len(data) < 16:
-            self._answer(op, status=(BAD_DATA_LEN if compressed else NOT_ENOUGH_DATA) if self.stub
-                         else ROM_INVALID)
+            self._answer(op, status=self._code(BAD_DATA_LEN if compressed else NOT_ENOUGH_DATA))
             return
         write = self._write
         if write is None or (write.inflater is not None) != compressed:
-            self._answer(op, status=NOT_IN_FLASH_MODE if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(NOT_IN_FLASH_MODE))
             return
         size = _words(data, 1)[0]
         block = data[16:]
@@ -421,10 +413,10 @@ class RomLoader:
             self._answer(op, status=TOO_MUCH_DATA)
             return
         if size != len(block):
-            self._answer(op, status=TOO_MUCH_DATA if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(TOO_MUCH_DATA))
             return
         if checksum(block) != chk:
-            self._answer(op, status=self._bad_checksum)
+            self._answer(op, status=self._code(BAD_CHECKSUM, ROM_BAD_CHECKSUM))
             return
         if compressed:
             try:
@@ -438,7 +430,7 @@ class RomLoader:
         elif len(block) > write.remaining:
             status = TOO_MUCH_DATA
         elif not self.flash.check(write.offset, len(block)):
-            status = self._failed
+            status = self._code(FAILED_SPI_OP, ROM_FAILED)
         else:
             status = OK
             self.flash.write(write.offset, block)
@@ -454,11 +446,11 @@ class RomLoader:
 
     def _flash_end(self, op: int, data: bytes, chk: int) -> None:
         if len(data) != 4:
-            self._answer(op, status=self._bad_len)
+            self._answer(op, status=self._code(BAD_DATA_LEN))
             return
         write = self._write
         if write is None or (write.inflater is not None) != (op == FLASH_DEFL_END):
-            self._answer(op, status=NOT_IN_FLASH_MODE if self.stub else ROM_INVALID)
+            self._answer(op, status=self._code(NOT_IN_FLASH_MODE))
             return
         if self.stub and write.remaining != 0:
             self._answer(op, status=BAD_DATA_LEN)

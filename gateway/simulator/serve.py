@@ -26,6 +26,7 @@ import os
 import pty
 import select
 import socket
+import sys
 import threading
 import time
 import tty
@@ -101,7 +102,10 @@ class SimulatorServer:
 
     def _save_flash(self, image: flash_file.FlashImage) -> None:
         if self.flash_path is not None:
-            flash_file.save(image, self.flash_path)
+            try:
+                flash_file.save(image, self.flash_path)
+            except OSError as exc:  # the board runs on; the flash stays in memory
+                print(f"simulator: cannot save the flash to {self.flash_path}: {exc}", file=sys.stderr, flush=True)
 
     def _start_replay(self) -> None:
         if self.replay_path is None:

@@ -104,6 +104,7 @@ class SimTransport(Transport):
                 replay = Replay(read_recording(self.replay_path), self.speed, time.monotonic())
                 if replay.error:
                     raise TransportError(f"cannot replay: {replay.error}")
+            self.baudrate = int(self.baud) or DEFAULT_BAUDRATE  # a port opens at its configured rate
             if self.flash is None:
                 self.flash = flash_file.load(self.flash_path) if self.flash_path else flash_file.FlashImage()
             self.link = Link(SimulatedDevice(self.interval), baud=self.baud, schedule=self.schedule, replay=replay,
