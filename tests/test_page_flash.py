@@ -97,3 +97,30 @@ def test_a_file_flashed_from_the_page_shows_progress_esptool_and_the_boot(gatewa
     expect(panel.get_by_role("button", name="Flash", exact=True)).to_be_enabled()
     shot(page, "flash-done")
     watch.assert_clean()
+
+
+def test_cancel_from_the_page_gives_the_device_back(gateway, open_page, tmp_path):
+    runner = gateway((DeviceConfig("sim", "sim://?interval=0&baud=115200"),))  # a UART's pace: 23 s of writing
+    page, watch = open_page(runner)
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    firmware = tmp_path / "big.bin"
+    firmware.write_bytes(image(256 * KIB))
+    panel = page.get_by_role("group", name="Flash")
+    panel.get_by_label("Firmware file").set_input_files(str(firmware))
+    panel.get_by_label("Flash baud rate").select_option("115200")
+    panel.get_by_role("button", name="Flash", exact=True).click()
+    expect(page.locator("#device-state")).to_have_text("external")
+    expect(panel.locator("#flash-percent")).not_to_have_text(re.compile(r"^(0\.0 %)?$"))  # writing has begun
+    cancel = panel.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_enabled()
+    expect(panel.get_by_role("button", name="Flash", exact=True)).to_be_disabled()  # one at a time
+    cancel.click()
+    expect(panel.locator("#flash-phase")).to_have_text("cancelled")
+    cancelled = page.locator('#log .row.sys[data-text^="flash cancelled at "]')
+    expect(cancelled).to_have_count(1)
+    expect(cancelled).to_have_attribute("data-text", re.compile(r"^flash cancelled at [\d.]+ %; the device is back$"))
+    expect(page.locator("#device-state")).to_have_text("connected")
+    expect(row(page, "rx", "ready")).to_have_count(1)  # reset by the gateway: it runs again
+    expect(panel.get_by_role("button", name="Flash", exact=True)).to_be_enabled()
+    assert runner.gw.flashing.status("sim")["state"] == "cancelled"
+    watch.assert_clean()
