@@ -330,7 +330,10 @@ class FlashJob:
                  send: Callable[[dict], None]):
         self.gateway = gateway
         self.device = name
-        self.request = request
+        self.request: FlashRequest | None = request  # dropped once ended: the images are big
+        self.baud = request.baud
+        self.files = [{"name": i.name, "offset": f"{i.offset:#x}", "size": len(i.data)} for i in request.images]
+        self._sizes = [len(i.data) for i in request.images]
         self.id = job_id
         self.by = by
         self._send = send  # a message to the device's json clients (from any thread)
@@ -394,8 +397,7 @@ class FlashJob:
             end = self.ended or time.time()
             out = {
                 "device": self.device, "id": self.id, "state": self.state, "phase": self.phase,
-                "files": [{"name": i.name, "offset": f"{i.offset:#x}", "size": len(i.data)} for i in self.request.images],
-                "baud": self.request.baud, "by": self.by, "chip": self.chip,
+                "files": self.files, "baud": self.baud, "by": self.by, "chip": self.chip,
                 "bytes": self.bytes, "total": self.total, "percent": self._percent(),
                 "speed": self._speed(), "write_seconds": round(self._writing(), 3),
                 "seconds": round(end - self.started, 3), "error": self.error,
@@ -448,11 +450,11 @@ class FlashJob:
 
     def esptool_progress(self, current: int, total: int) -> None:
         self.check_cancelled()
-        if self.phase != "writing" or not 0 <= self._file < len(self.request.images) or total <= 0:
+        sizes = self._sizes
+        if self.phase != "writing" or not 0 <= self._file < len(sizes) or total <= 0:
             return
-        images = self.request.images
-        done_before = sum(len(i.data) for i in images[:self._file])
-        size = len(images[self._file].data)
+        done_before = sum(sizes[:self._file])
+        size = sizes[self._file]
         finished = current >= total
         with self._lock:
             # esptool counts the bytes it sends (compressed, padded): scaled to the image.
@@ -482,8 +484,7 @@ class FlashJob:
         _current.job = self
         self._event("start", **self.describe())
         log.info("flash of %s started by %s: %s at %d baud", self.device, self.by,
-                 ", ".join(f"{i.name} ({len(i.data)} bytes) at {i.offset:#x}" for i in self.request.images),
-                 self.request.baud)
+                 ", ".join(f"{f['name']} ({f['size']} bytes) at {f['offset']}" for f in self.files), self.baud)
         state, error = "done", None
         try:
             self._armed = True
@@ -506,6 +507,7 @@ class FlashJob:
             self.esptool_output("\n")
         self._finish()
         with self._lock:
+            self.request = self._esp = None  # the images; the latest job of each device is kept
             self.state, self.error = state, error
             self.ended = time.time()
             self.phase = "ended"
@@ -535,8 +537,8 @@ class FlashJob:
         esp = self._esp = detect_chip(self._port, ROM_BAUD, "default-reset")
         self.chip = esp.CHIP_NAME
         esp = self._esp = run_stub(esp)
-        if self.request.baud != ROM_BAUD:
-            esp.change_baud(self.request.baud)
+        if self.baud != ROM_BAUD:
+            esp.change_baud(self.baud)
         attach_flash(esp)
         self._set_phase("writing")
         write_flash(esp, [(i.offset, i.data) for i in self.request.images])
