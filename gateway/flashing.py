@@ -75,6 +75,8 @@ CANCEL_GRACE = 3.0  # seconds a cancelled job has to end by itself
 PROGRESS_EVERY = 0.1  # seconds between progress messages (the last one is always sent)
 LINK_BACK = 10.0  # seconds to wait for the device to be reopened after the flash
 LOG_LINE = 500  # characters of one esptool line passed on
+# esptool's note that an rfc2217:// port has no USB ids, about the job's own port: not passed on.
+NO_USB_NOTE = "Note: Failed to get VID/PID of a device on rfc2217://"
 
 
 class FlashRequestError(ValueError):
@@ -437,7 +439,7 @@ class FlashJob:
         *lines, self._partial = text.split("\n")
         for line in lines:
             line = line.rstrip()
-            if line:
+            if line and not line.startswith(NO_USB_NOTE):
                 self._event("log", line=line[:LOG_LINE])
 
     def esptool_bar(self, total: int) -> None:
