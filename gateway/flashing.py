@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import frames
+from .rfc2217 import Rfc2217Server
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -522,9 +523,7 @@ class FlashJob:
         _current.job = None
 
     def _flash(self):
-        from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
-
-        from .rfc2217 import Rfc2217Server
+        from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash  # imported when first used
 
         install_logger()
         link = self.link
