@@ -823,6 +823,15 @@ class DeviceLink:
         if not self.dirty:
             self.loop.mark_dirty(self)
 
+    def external_hold(self, holder: ExternalHolder, on: bool) -> None:
+        """Stop (True) or resume reading the device while the holder's connection cannot
+        take more: the port's own buffer then fills, as with a slow reader on the port
+        itself. Only a transport with a descriptor; the others are not paused."""
+        if self._external is not holder or not self._pollable or on == self._paused:
+            return
+        self._paused = on
+        self._update_events()
+
     def release_external(self, holder: ExternalHolder) -> None:
         """The holder let go (or vanished): back to the bridge with the configured
         settings; clients see `connected` once the port is open again."""
@@ -830,6 +839,9 @@ class DeviceLink:
             return
         self._external = None
         self._queue = deque(r for r in self._queue if r.client is not holder)
+        if self._paused and self._room_timer is None:  # held for the holder (external_hold)
+            self._paused = False
+            self._update_events()
         log.info("device %s: released by %s (RFC 2217)", self.name, holder.label)
         if self.phase is Phase.STOPPED:
             return

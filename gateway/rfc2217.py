@@ -42,8 +42,10 @@ network may add `?ign_set_control` to its URL (`rfc2217://HOST:PORT?ign_set_cont
 so that it does not wait for the answer to each DTR/RTS change.
 
 Flow control: the client's bytes wait in the device link's write queue; above
-IN_BACKLOG bytes waiting the connection is not read until they are written. Device
-bytes for a client that does not read pile up to OUT_LIMIT, then the client is closed.
+IN_BACKLOG bytes waiting the connection is not read until they are written. Above
+OUT_HIGH device bytes waiting for the client, a serial port is not read until half of
+them went (its own buffer fills meanwhile, as with a slow reader on the port itself);
+a device that cannot be paused (sim://) piles up to OUT_LIMIT, then the client is closed.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 16384
 IN_BACKLOG = 65536  # client bytes waiting for the device before the client is not read
-OUT_LIMIT = 1 << 20  # device bytes waiting for a client that does not read
+SEND_BUFFER = 256 * 1024  # the kernel's share of what waits for the client (not autotuned to MiBs)
+OUT_HIGH = 256 * 1024  # device bytes waiting for the client before a serial port is not read
+OUT_LIMIT = 4 << 20  # device bytes waiting for a client that does not read: it is closed
 MIN_RESET = 0.1  # seconds the chip is held in reset (EN low) at least
 BOOT_HOLD = 0.05  # seconds GPIO0 is held low after EN goes high (esptool's reset_delay)
 IAC = telnet.IAC
@@ -253,6 +257,7 @@ class Session:
         self._data = bytearray()  # the client's bytes for the device, from this read
         self._backlog = 0  # the client's bytes waiting in the link's queue
         self._reading = True
+        self._events = EPOLLIN  # what the loop watches for
         self.closed = False
         self.bytes_in = self.bytes_out = 0
         self.shaper = SignalShaper(self.loop, self._set_signals)
@@ -286,9 +291,11 @@ class Session:
                 return
             if sent < len(data):
                 self._out += data[sent:]
-        if len(self._out) > OUT_LIMIT:
-            self.end(f"it read nothing while {OUT_LIMIT} bytes waited for it")
-            return
+        if len(self._out) > OUT_HIGH:
+            if len(self._out) > OUT_LIMIT:
+                self.end(f"it read nothing while {OUT_LIMIT} bytes waited for it")
+                return
+            self.link.external_hold(self, True)
         self._update_events()
 
     # -- the device link's holder (gateway/device.py: ExternalHolder) ------------------
@@ -318,8 +325,10 @@ class Session:
     # -- the socket (loop) ----------------------------------------------------------------
 
     def _update_events(self) -> None:
-        if not self.closed:
-            self.loop.modify(self.fd, (EPOLLIN if self._reading else 0) | (EPOLLOUT if self._out else 0))
+        events = (EPOLLIN if self._reading else 0) | (EPOLLOUT if self._out else 0)
+        if events != self._events and not self.closed:
+            self._events = events
+            self.loop.modify(self.fd, events)
 
     def on_io(self, events: int) -> None:
         if self.closed:
@@ -333,6 +342,8 @@ class Session:
                 self.end(f"send failed: {exc.strerror or exc}")
                 return
             del self._out[:sent]
+            if len(self._out) <= OUT_HIGH // 2:
+                self.link.external_hold(self, False)
             if not self._out:
                 self._update_events()
         if events & (EPOLLHUP | EPOLLERR) and not self._reading:
@@ -518,6 +529,7 @@ class Rfc2217Server:
         if error is None:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             session = Session(self, sock, peer)
             error = session.start()
             if error is None:

@@ -390,6 +390,38 @@ def test_baud_rate_purge_and_raw_bytes_reach_a_serial_port_and_it_is_reopened_as
         os.close(slave)
 
 
+def test_a_client_slower_than_its_serial_port_pauses_the_port_and_loses_nothing(gateway):
+    import threading
+    import tty
+
+    from gateway.rfc2217 import OUT_HIGH
+
+    master, path, slave = pty_device()
+    tty.setraw(master)
+    try:
+        gw = gateway({"name": "tty", "url": f"serial://{path}", "rfc2217": free_port()})
+        link = gw.links["tty"]
+        wait_for(lambda: link.state.value == "connected", what="the pty open")
+        data = bytes(range(255)) * 32896  # 8 MiB, no IAC
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.connect(rfc2217_of(gw, "tty"))
+        with client:
+            wait_for(lambda: link.external, what="the session")
+            writer = threading.Thread(target=os.write, args=(master, data), name="test-pty-writer")
+            writer.start()  # (blocks once the pty is full: a pty has flow control)
+            wait_for(lambda: link._paused, timeout=20, what="the port not read")
+            assert link.counters.bytes_in < len(data) // 4  # the rest waits in the pty
+            got = bytearray()
+            while len(got) < 12 + len(data):  # the server's 4 Telnet option requests, then the data
+                got += client.recv(1 << 20)
+            writer.join(10)
+            assert got.endswith(data) and not link._paused
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 def test_an_ephemeral_server_in_process_with_a_label(gateway):
     """What the Flash panel does: its own server on 127.0.0.1:0 for a device with no
     rfc2217 key, named by a label."""

@@ -416,3 +416,13 @@ def test_the_standalone_simulator_refuses_a_flash_file_it_cannot_write(tmp_path)
 
     with pytest.raises(ValueError, match="no directory"):
         SimulatorServer("tcp://127.0.0.1:0", flash=str(tmp_path / "nope" / "flash.bin"))
+
+
+def test_stub_takes_a_last_compressed_block_that_holds_only_the_zlib_checksum(stub):
+    image = os.urandom(1000) * 3
+    packed = zlib.compress(image, 9)
+    assert one(stub, rl.FLASH_DEFL_BEGIN, words(len(image), 2, 0x4000, 0, 0))[2] == 0
+    for seq, data in enumerate((packed[:-4], packed[-4:])):
+        assert one(stub, rl.FLASH_DEFL_DATA, words(len(data), seq, 0, 0) + data, rl.checksum(data))[2] == 0
+    assert one(stub, rl.FLASH_DEFL_END, words(1))[2] == 0
+    assert stub.flash.image() == image

@@ -409,9 +409,6 @@ class RomLoader:
             return
         size = _words(data, 1)[0]
         block = data[16:]
-        if compressed and write.remaining == 0 and len(data) > 4:
-            self._answer(op, status=TOO_MUCH_DATA)
-            return
         if size != len(block):
             self._answer(op, status=self._code(TOO_MUCH_DATA))
             return
