@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import frames
+from .device import Phase
 from .rfc2217 import Rfc2217Server
 
 if TYPE_CHECKING:
@@ -495,7 +496,7 @@ class FlashJob:
         except Cancelled:
             state, error = "cancelled", self._reason
         except Exception as exc:
-            gone = self.gateway.links.get(self.device) is not self.link
+            gone = self._gone()
             if gone and not self._cancel.is_set():
                 self._reason = f"device {self.device} was removed or changed during the flash"
             if gone or self._cancel.is_set():
@@ -544,12 +545,17 @@ class FlashJob:
         self._set_phase("writing")
         write_flash(esp, [(i.offset, i.data) for i in self.request.images])
 
+    def _gone(self) -> bool:
+        """The device was removed, or reopened anew (PATCH): its link is not the flash's."""
+        link = self.link
+        return link is None or link.phase is Phase.STOPPED or self.gateway.links.get(self.device) is not link
+
     def _finish(self) -> None:
         """Give the device back: esptool's port closed, the server stopped (the link
         reopens the device), then the device's reset sequence played by the gateway."""
         self._set_phase("resetting")
         link = self.link
-        gone = self.gateway.links.get(self.device) is not link  # removed, or reopened anew
+        gone = self._gone()
         own_reset = link is not None and link.config.reset_sequence not in ("", "none")
         if self._esp is not None and not own_reset and not gone:
             try:

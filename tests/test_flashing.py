@@ -302,12 +302,13 @@ def test_two_devices_flash_at_once_each_with_its_own_output(start_gateway):
         client.close()
 
 
-def test_a_device_removed_mid_flash_ends_it(start_gateway):
+@pytest.mark.parametrize("method, body", [("DELETE", None), ("PATCH", {"history": 50})])
+def test_a_device_removed_or_changed_mid_flash_ends_it(start_gateway, method, body):
     gw = start_gateway(devices=("sim=sim://?interval=0&baud=115200",))
     client = JsonClient(gw)
     assert post_flash(gw, image(256 * KIB), baud=115200)[0] == 202
     client.until(lambda m: m["type"] == "flash" and m["event"] == "progress")
-    assert call(gw, "DELETE", "/api/devices/sim")[0] == 200
+    assert call(gw, method, "/api/devices/sim", body)[0] == 200
     job = wait_for(lambda: gw.flashing.status("sim")["state"] != "running" and gw.flashing.status("sim"),
                    flashing.CANCEL_GRACE + 5, what="the flash to end")
     assert job["state"] == "cancelled" and job["error"] == "device sim was removed or changed during the flash", job
