@@ -99,7 +99,7 @@ def test_a_file_flashed_from_the_page_shows_progress_esptool_and_the_boot(gatewa
     watch.assert_clean()
 
 
-def test_cancel_from_the_page_gives_the_device_back(gateway, open_page, tmp_path):
+def test_cancel_from_another_page_gives_the_device_back(gateway, open_page, tmp_path):
     runner = gateway((DeviceConfig("sim", "sim://?interval=0&baud=115200"),))  # a UART's pace: 23 s of writing
     page, watch = open_page(runner)
     expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
@@ -111,10 +111,15 @@ def test_cancel_from_the_page_gives_the_device_back(gateway, open_page, tmp_path
     panel.get_by_role("button", name="Flash", exact=True).click()
     expect(page.locator("#device-state")).to_have_text("external")
     expect(panel.locator("#flash-percent")).not_to_have_text(re.compile(r"^(0\.0 %)?$"))  # writing has begun
-    cancel = panel.get_by_role("button", name="Cancel")
-    expect(cancel).to_be_enabled()
+    expect(panel.get_by_role("button", name="Cancel")).to_be_enabled()
     expect(panel.get_by_role("button", name="Flash", exact=True)).to_be_disabled()  # one at a time
-    cancel.click()
+    # A page opened meanwhile picks the running flash up (GET), and may cancel it.
+    other, other_watch = open_page(runner)
+    other_panel = other.get_by_role("group", name="Flash")
+    expect(other_panel.locator("#flash-state")).to_be_visible()
+    expect(other_panel.get_by_label("Flash progress")).not_to_have_js_property("value", 0)
+    other_panel.get_by_role("button", name="Cancel").click()
+    expect(other_panel.locator("#flash-phase")).to_have_text("cancelled")
     expect(panel.locator("#flash-phase")).to_have_text("cancelled")
     cancelled = page.locator('#log .row.sys[data-text^="flash cancelled at "]')
     expect(cancelled).to_have_count(1)
@@ -124,3 +129,4 @@ def test_cancel_from_the_page_gives_the_device_back(gateway, open_page, tmp_path
     expect(panel.get_by_role("button", name="Flash", exact=True)).to_be_enabled()
     assert runner.gw.flashing.status("sim")["state"] == "cancelled"
     watch.assert_clean()
+    other_watch.assert_clean()
