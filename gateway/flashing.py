@@ -31,7 +31,9 @@ loopback TCP hop and pyserial's reader thread, small against the UART's pace (se
 bench/perf/flash.py).
 
 Progress reaches the device's json clients as `{"type": "flash", "event": ...}` messages
-(start, log, progress, end; see `FlashJob.describe`). esptool's logger is one object for
+(start, phase, log, progress, end; the job's fields are `FlashJob.describe`'s). A flash
+ends `done`, `failed` (esptool's error, one line), or `cancelled` (DELETE, shutdown, or
+the device removed or reopened anew under it). esptool's logger is one object for
 the whole process (`esp_pylib.logger.EspLog.instance`): `_Router` is installed once and
 hands each call to the job of the calling thread, so two devices can be flashed at once;
 calls from any other thread go to Python's logging.
