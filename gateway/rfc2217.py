@@ -72,6 +72,7 @@ IN_BACKLOG = 65536  # client bytes waiting for the device before the client is n
 SEND_BUFFER = 256 * 1024  # the kernel's share of what waits for the client (not autotuned to MiBs)
 OUT_HIGH = 256 * 1024  # device bytes waiting for the client before a serial port is not read
 OUT_LIMIT = 4 << 20  # device bytes waiting for a client that does not read: it is closed
+KEEPALIVE_IDLE = 30  # seconds of silence before the kernel asks a client whether it is there
 MIN_RESET = 0.1  # seconds the chip is held in reset (EN low) at least
 BOOT_HOLD = 0.05  # seconds GPIO0 is held low after EN goes high (esptool's reset_delay)
 IAC = telnet.IAC
@@ -416,6 +417,16 @@ class Session:
         self.server._ended(self)
 
 
+def _keepalive(sock: socket.socket) -> None:
+    """Let the kernel find a client that vanished without a word (a cable pulled, a
+    laptop asleep): probes after KEEPALIVE_IDLE s of silence, the session ends some 30 s
+    later. No timer of ours."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 class _Listener:
     __slots__ = ("server",)
 
@@ -530,6 +541,7 @@ class Rfc2217Server:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            _keepalive(sock)
             session = Session(self, sock, peer)
             error = session.start()
             if error is None:

@@ -279,6 +279,9 @@ def test_a_client_that_vanishes_mid_session_leaves_the_device_usable(gateway):
     port.rts = True  # the board held in reset
     port.dtr = False
     wait_for(lambda: sim_link(gw).in_reset, what="the board in reset")
+    held = gw.rfc2217["sim"]._session.sock  # one gone without even a reset: the kernel's keepalive finds it
+    assert held.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) and \
+        held.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
     port.write(b"ECHO lost with the client\n" * 100)
     # gone without a word: a reset, no close handshake
     port._socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
