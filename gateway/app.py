@@ -31,6 +31,7 @@ from . import ports, transports
 from .client import Client, Options
 from .config import Config, ConfigError, DeviceConfig, baudrate_of, default_gateway_id, rfc2217_address, rfc2217_exposure
 from .events import EventClient, EventHub
+from .flashing import Flashing
 from .device import DeviceLink
 from .hub import Hub
 from .manager import Manager
@@ -105,6 +106,7 @@ class Gateway:
         # Who may connect: the Host policy and the auth rules, with a control token made
         # here when bound beyond loopback without tokens (security.Access).
         self.access = Access(config)
+        self.flashing = Flashing(self)  # POST /api/devices/NAME/flash (gateway/flashing.py)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -166,6 +168,7 @@ class Gateway:
         if self.port_watcher is not None:
             self.port_watcher.stop(left())
         self.server.close_requests(left())
+        self.flashing.stop(left())  # cancels flashes: their RFC 2217 servers release the devices
         # The loop fails what waits for the devices, closes them, sends every client
         # 1001 and ends once they answered, within a second or what is left.
         self.manager.stop(min(1.0, left()))

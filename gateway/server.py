@@ -299,7 +299,9 @@ class GatewayApp:
             if path.startswith("/ws/"):
                 return self.websocket(environ, start_response, path[4:])
             method = environ.get("REQUEST_METHOD")
-            if method in ("POST", "PATCH", "DELETE") and (path == "/api/devices" or path.startswith("/api/devices/")):
+            if path.startswith("/api/devices/") and path.endswith("/flash"):
+                status, headers, body = self.flash_api(method, path[len("/api/devices/"):-len("/flash")], environ)
+            elif method in ("POST", "PATCH", "DELETE") and (path == "/api/devices" or path.startswith("/api/devices/")):
                 status, headers, body = self.device_api(method, path[len("/api/devices/"):], environ)
             elif method not in ("GET", "HEAD"):
                 raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "only GET here")
@@ -358,17 +360,7 @@ class GatewayApp:
 
     def device_api(self, method: str, name: str, environ):
         gw = self.gateway
-        role = self.access.role(environ)
-        if role is None:
-            raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
-        if role != "admin":
-            raise HttpError(HTTPStatus.FORBIDDEN, f"role {role} may not add, change or remove devices: "
-                                                  "the device API wants an admin token")
-        origin = environ.get("HTTP_ORIGIN")
-        if not origin_allowed(self.access.auth, origin, environ.get("HTTP_HOST"),
-                              lambda h: self.access.hosts.allows(h, local_address_of(environ))):
-            log.warning("%s: %s /api/devices from origin %r refused", peer_of(environ), method, origin)
-            raise HttpError(HTTPStatus.FORBIDDEN, "origin not allowed")
+        self.require_admin(environ, f"{method} /api/devices", "add, change or remove devices: the device API wants an admin token")
         where = f"{method} /api/devices" + (f"/{name}" if name else "")
         if method == "POST":
             if name:
@@ -415,8 +407,60 @@ class GatewayApp:
         log.info("device %s changed (%s) by %s", name, ", ".join(sorted(changes)), peer_of(environ))
         return json_body(gw.describe_devices(name)[0])
 
+    # -- flashing (admin; gateway/flashing.py) ----------------------------------------------
+
+    def flash_api(self, method: str, name: str, environ):
+        """POST /api/devices/NAME/flash starts a flash (202 and the job), DELETE cancels the
+        running one (200 and the job once it ended), GET shows the latest (any role)."""
+        from . import flashing
+
+        gw = self.gateway
+        where = f"{method} /api/devices/{name}/flash"
+        if method in ("GET", "HEAD"):
+            if self.access.role(environ) is None:
+                raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
+        elif method in ("POST", "DELETE"):
+            self.require_admin(environ, where, "flash devices: flashing wants an admin token")
+        else:
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} /api/devices/NAME/flash: only GET, POST, DELETE")
+        if not name or "/" in name or name not in gw.links:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}")
+        if method in ("GET", "HEAD"):
+            return json_body(gw.flashing.status(name))
+        try:
+            if method == "DELETE":
+                job = gw.flashing.cancel(name)
+                log.info("flash of %s cancelled by %s", name, peer_of(environ))
+                return json_body(job)
+            busy = gw.flashing.busy(name)  # before 5 MB of request are read for nothing
+            if busy is not None:
+                raise flashing.FlashBusy(busy)
+            request = flashing.parse_request(self.json_request(environ, flashing.MAX_BODY), where)
+            job = gw.flashing.start(name, request, peer_of(environ))
+        except flashing.FlashRequestError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        except flashing.FlashBusy as exc:
+            raise HttpError(HTTPStatus.CONFLICT, f"{where}: {exc}") from None
+        except KeyError:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}") from None
+        return json_body(job.describe(), HTTPStatus.ACCEPTED)
+
+    def require_admin(self, environ, what: str, refused: str) -> None:
+        """401 without a valid token, 403 for a role below admin (`refused` says what it may
+        not do) or a browser page from an origin not allowed (CSRF)."""
+        role = self.access.role(environ)
+        if role is None:
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
+        if role != "admin":
+            raise HttpError(HTTPStatus.FORBIDDEN, f"role {role} may not {refused}")
+        origin = environ.get("HTTP_ORIGIN")
+        if not origin_allowed(self.access.auth, origin, environ.get("HTTP_HOST"),
+                              lambda h: self.access.hosts.allows(h, local_address_of(environ))):
+            log.warning("%s: %s from origin %r refused", peer_of(environ), what, origin)
+            raise HttpError(HTTPStatus.FORBIDDEN, "origin not allowed")
+
     @staticmethod
-    def json_request(environ) -> dict:
+    def json_request(environ, limit: int = MAX_BODY) -> dict:
         """The request's JSON object; 400/413/415 with one line when it is not one."""
         ctype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
@@ -426,8 +470,8 @@ class GatewayApp:
             length = parse_count(environ.get("CONTENT_LENGTH") or "0")
         except ValueError:
             raise HttpError(HTTPStatus.BAD_REQUEST, "Content-Length must be a whole number") from None
-        if length > MAX_BODY:
-            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"at most {MAX_BODY} bytes of JSON")
+        if length > limit:
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"at most {limit} bytes of JSON")
         raw = environ["wsgi.input"].read(length) if length else b""
         try:
             body = json.loads(raw)

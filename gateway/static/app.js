@@ -12,6 +12,7 @@ import { $, el, token, toast, withToken, wsUrl } from "./util.js";
 import { EventsStream, PortsPanel } from "./ports.js";
 import { DeviceSettings } from "./settings.js";
 import { TerminalView } from "./terminal.js";
+import { FlashPanel } from "./flash.js";
 
 (function () {
   const HISTORY = 200;          // device lines replayed when a device is opened
@@ -360,6 +361,7 @@ import { TerminalView } from "./terminal.js";
         log.add("err", "not JSON from the gateway: " + String(text).slice(0, 200));
         return;
       }
+      flash.onMessage(this.device, msg);  // the Flash panel (flash.js) sees the stream too
       switch (msg.type) {
         case "hello": return this.onHello(msg);
         case "line": return this.onLine(msg);
@@ -912,6 +914,7 @@ import { TerminalView } from "./terminal.js";
   /* ------------------------------------------------ ports, settings, terminal -- */
 
   const terminal = new TerminalView();
+  const flash = new FlashPanel({ log: (kind, text, opts) => log.add(kind, text, opts) });
   const settings = new DeviceSettings({
     send: (message, text, label) => stream && stream.sendMessage(message, text, label),
     onChanged: () => refreshDevices(),
