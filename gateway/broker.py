@@ -133,7 +133,10 @@ class BrokerConnection:
                 self._exact = {**self._exact, topic: [*self._exact.get(topic, ()), sub]}
             first = sub.wildcard or len(self._exact[topic]) == 1
             last = self._last.get(topic) if replay and not first else None
-        if first and self.connected:
+            # Under the lock, with _on_connect: either its list has this topic, or we
+            # see it connected and subscribe ourselves.
+            send = first and self.connected
+        if send:
             self.client.subscribe(topic, qos)
         if last is not None:
             _guard(callback, last)
@@ -211,6 +214,7 @@ class BrokerConnection:
             log.warning("mqtt %s: broker refused the connection: %s", self.describe(), reason_code)
             return
         with self._lock:
+            self.connected = True
             topics = [(t, subs[0].qos) for t, subs in self._exact.items()] + [(s.topic, s.qos) for s in self._wild]
             watchers = self._watchers
         for i in range(0, len(topics), SUBSCRIBE_BATCH):
@@ -218,7 +222,6 @@ class BrokerConnection:
         if self.status_topic:
             client.publish(self.status_topic, json.dumps({"state": "online", "ts": round(time.time(), 3),
                                                           "run": self.run_id}), qos=1, retain=True)
-        self.connected = True
         self.connects += 1
         if self._failing or self.connects > 1:
             log.info("mqtt %s: connected", self.describe())
@@ -227,9 +230,9 @@ class BrokerConnection:
             _guard(watch, True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        was = self.connected
-        self.connected = False
         with self._lock:
+            was = self.connected
+            self.connected = False
             watchers = self._watchers
             acks, self._acks = self._acks, {}
             self._last.clear()  # the retained messages come again with the subscriptions

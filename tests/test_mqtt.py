@@ -349,3 +349,20 @@ def test_one_broker_connection_for_the_sink_and_every_mqtt_device(broker, prefix
     assert not [t for t in threading.enumerate() if t.name.startswith("device:r")]  # no thread per mqtt:// device
     # The sink never publishes what came from the broker (no loops).
     assert [list(s.channels) for s in gw.sinks if isinstance(s, MqttSink)] == [["sim"]]
+
+
+def test_discover_and_owner_are_checked():
+    from gateway.config import from_dict
+
+    with pytest.raises(ConfigError, match=re.escape("mqtt.discover = True: needs [mqtt] url")):
+        from_dict({"mqtt": {"discover": True}}, "gw.toml")
+    with pytest.raises(ConfigError, match="not mqtts://"):
+        from_dict({"mqtt": {"discover": True, "url": "mqtts://b:8883"}}, "gw.toml")
+    assert from_dict({"mqtt": {"discover": True, "url": "mqtt://b"}}, "gw.toml").mqtt.discover
+    # owner is what discovery sets on other gateways' devices, never a config key.
+    with pytest.raises(ConfigError, match=re.escape("device[0].owner = 'gw-x': not a device key")):
+        from_dict({"device": [{"name": "d", "url": "sim://", "owner": "gw-x"}]}, "gw.toml")
+    t = transports.create("mqtt://b/lab/esp?owner=gw-x")
+    assert (t.owner, t.pushes) == ("gw-x", True)
+    with pytest.raises(ValueError, match="owner"):
+        transports.create("mqtt://b/lab/esp?owner=a%2Bb")
