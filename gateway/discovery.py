@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from .config import GATEWAY_ID, NAME_RE, Button, DeviceConfig
@@ -140,14 +141,19 @@ class Discovery:
                 except KeyError:
                     pass
             return
-        if key in self.remotes:
-            return  # known: its state comes with its status topic
         try:
             meta = json.loads(payload)
             if not isinstance(meta, dict):
                 raise ValueError("not an object")
         except ValueError as exc:
             log.warning("discovery: %s: not a meta message (%s); ignored", self.meta_topic(name, owner), exc)
+            return
+        buttons = _buttons(meta.get("buttons"))
+        if key in self.remotes:  # known: its state comes with its status topic; buttons may change
+            local = self.remotes[key]
+            link = self.gateway.links.get(local)
+            if link is not None and link.config.buttons != buttons:
+                self.gateway.update_device(local, replace(link.config, buttons=buttons))
             return
         if not NAME_RE.match(name) or not GATEWAY_ID.fullmatch(owner):
             log.warning("discovery: %s: the device name or gateway id is not valid here; ignored",
@@ -160,7 +166,7 @@ class Discovery:
             log.warning("discovery: device %s of gateway %s clashes with device %s of gateway %s; shown here as %s "
                         "(both use the topics %s/%s/...: rename one)", name, owner, name, taken, local, self.prefix, name)
         dev = DeviceConfig(name=local, url=f"{self.broker_url}/{self.prefix}/{name}?owner={owner}",
-                           buttons=_buttons(meta.get("buttons")), owner=owner)
+                           buttons=buttons, owner=owner)
         try:
             self.gateway.add_device(dev)
         except ValueError as exc:

@@ -15,6 +15,7 @@ import sys
 import threading
 import urllib.request
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import websocket
 
 from conftest import assert_no_gateway_threads, metric, start_process, stop_process, wait_for
 from gateway.app import Gateway
-from gateway.config import Config, DeviceConfig, MqttConfig, SerialConfig, ServerConfig, apply_flags
+from gateway.config import Button, Config, DeviceConfig, MqttConfig, SerialConfig, ServerConfig, apply_flags
 from mqtt_broker import Mosquitto, MqttClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +167,10 @@ def test_three_gateways_find_and_drive_each_others_devices(fleet, caplog):
     a.add_device(DeviceConfig(name="a-new", url="sim://?interval=0"))
     wait_for(lambda: devices_of(url_c).get("a-new", {}).get("state") == "connected", 10, 0.1, "a-new on C")
     assert ping(url_c, "a-new") == "PONG"
+    # Buttons changed on the owner reach the copies.
+    a.update_device("a01", replace(a.links["a01"].config, buttons=(Button("Hi", "ECHO hi"),)))
+    wait_for(lambda: devices_of(url_c)["a01"]["buttons"] == [{"label": "Hi", "line": "ECHO hi"}], 10, 0.1,
+             "a01's new buttons on C")
     # A device removed on its owner is removed everywhere.
     a.remove_device("a05")
     wait_for(lambda: "a05" not in b.links, 10, 0.05, "a05 to go from B")

@@ -96,8 +96,7 @@ def discovery_config(cfg: MqttConfig, device: str, kind: str, key: str, gateway_
              "value_template": "{{ 'online' if value_json.state == 'connected' else 'offline' }}"},
         ],
         "availability_mode": "all",
-        "device": {"identifiers": [node], "name": device, "model": f"{kind}:// device", "manufacturer": "gateway",
-                   "via_device": gateway_id},
+        "device": {"identifiers": [node], "name": device, "model": f"{kind}:// device", "manufacturer": "gateway"},
         "origin": {"name": "gateway"},
     }
 
