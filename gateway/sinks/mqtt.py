@@ -295,7 +295,12 @@ class MqttSink(Sink):
                     if stopping and (self._flushed() or time.monotonic() >= self._stop_deadline):
                         return
                     armed = self._arm_wake_up()
-                    self._cond.wait(0.05 if armed or stopping else 1.0)
+                    if armed or stopping:
+                        self._cond.wait(0.05)
+                    elif any(ch.inflight for ch in self.channels.values()):
+                        self._cond.wait(1.0)  # to forget (or count as lost) what paho still holds
+                    else:
+                        self._cond.wait()  # idle: woken by a record, a state or the broker
                     continue
             for ch, epoch, status, records in jobs:
                 try:
