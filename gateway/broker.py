@@ -100,6 +100,7 @@ class BrokerConnection:
                 return
             self._started = True
         self.client.connect_async(self.broker.host, self.broker.port, self.keepalive)
+        quiet_network_thread(self.client, self.keepalive)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -270,6 +271,26 @@ class BrokerConnection:
         for sub in self._wild:
             if _matches(sub.topic, msg.topic):
                 _guard(sub.callback, msg)
+
+
+def quiet_network_thread(client, keepalive: int) -> None:
+    """Have paho's network thread (`loop_start`) wait in select() for up to a quarter of
+    the keepalive, not paho's fixed second: an idle gateway then wakes it only for the
+    keepalive ping (every 7.5 s at the default 30 s; the broker allows 1.5x keepalive).
+    Writes from other threads wake it at once (paho's socket pair), and so does a
+    disconnect. Uses paho 2.2's `_thread_main`, the target `loop_start` gives its thread
+    (checked in tests/test_mqtt.py)."""
+    wait = keepalive / 4 if keepalive else 60.0
+    wait = max(1.0, wait)
+
+    def main() -> None:
+        try:
+            client.loop_forever(timeout=wait, retry_first_connection=True)
+        finally:
+            client._thread = None
+
+    if callable(getattr(client, "_thread_main", None)):
+        client._thread_main = main
 
 
 def _matches(topic_filter: str, topic: str) -> bool:
