@@ -768,7 +768,6 @@ class DeviceLink:
         self._open()
         return True
 
-
     # -- push transports (loop) ------------------------------------------------------------
     #
     # A transport with `pushes` (mqtt://) has neither a descriptor nor a thread: it is
