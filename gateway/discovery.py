@@ -129,6 +129,15 @@ class Discovery:
             log.info("discovery: clearing the announcement of device %s, which this gateway no longer has", name)
             self.conn.publish(self.meta_topic(name, self.own_id), b"", qos=1, retain=True)
 
+    def _configured_as(self, name: str) -> str | None:
+        """The name of a configured mqtt:// device (not a discovered one) that reaches
+        device `name` on this broker and prefix, if any."""
+        wanted = (self.conn.broker, self.prefix, name)
+        for local, link in self.gateway.links.items():
+            if not link.config.owner and _topic_base(link.transport) == wanted:
+                return local
+        return None
+
     def _remote(self, name: str, owner: str, payload: bytes) -> None:
         """The worker: add, keep or remove the remote device (owner, name)."""
         key = (owner, name)
@@ -159,6 +168,11 @@ class Discovery:
             log.warning("discovery: %s: the device name or gateway id is not valid here; ignored",
                         self.meta_topic(name, owner))
             return
+        configured = self._configured_as(name)
+        if configured is not None:
+            log.info("discovery: device %s of gateway %s is configured here as %s; not listed twice",
+                     name, owner, configured)
+            return
         local = name
         if name in self.gateway.links:
             local = f"{name}@{owner}"
@@ -174,6 +188,13 @@ class Discovery:
             return
         self.remotes[key] = local
         log.info("discovery: device %s of gateway %s listed as %s", name, owner, local)
+
+
+def _topic_base(transport) -> tuple | None:
+    """(broker, prefix, name) of an mqtt:// transport, else None."""
+    if not getattr(transport, "pushes", False):
+        return None
+    return transport.broker, transport.prefix, transport.name
 
 
 def _buttons(value) -> tuple[Button, ...]:

@@ -40,10 +40,10 @@ def fleet(tmp_path):
     def names(tag: str) -> list[str]:
         return [f"{tag}{i:02d}" for i in range(COUNT - 1)] + ["shared"]  # "shared": on A and on B
 
-    def in_process(gateway_id: str, tag: str) -> Gateway:
+    def in_process(gateway_id: str, tag: str, extra=()) -> Gateway:
         config = Config(server=ServerConfig(port=0, gateway_id=gateway_id), serial=SerialConfig(rescan=0),
                         mqtt=MqttConfig(url=broker.url, prefix=prefix, discover=True))
-        devices = [f"{n}=sim://?interval=0" for n in names(tag)]
+        devices = [f"{n}=sim://?interval=0" for n in names(tag)] + list(extra)
         gw = Gateway(apply_flags(config, "127.0.0.1", 0, devices)).start()
         started.append(gw)
         return gw
@@ -109,13 +109,15 @@ def connected_clients(sys_client: MqttClient, expected: int, timeout: float = 10
 def test_three_gateways_find_and_drive_each_others_devices(fleet, caplog):
     caplog.set_level(logging.INFO, logger="gateway.discovery")
     a = fleet.in_process("gw-a", "a")
-    b = fleet.in_process("gw-b", "b")
+    # B also has C's c01 configured by hand, under a name of its own.
+    b = fleet.in_process("gw-b", "b", [f"mine-c01=mqtt://{fleet.broker.host}:{fleet.broker.port}/{fleet.prefix}/c01"])
     proc_c, url_c = fleet.process_c()
     total = 3 * COUNT
     # Discovery: every gateway lists all 60 devices, its own and the others', all connected.
     on_a = wait_for(lambda: all_connected(a.url, total), 20, 0.2, "A to list 60 connected devices")
     on_c = wait_for(lambda: all_connected(url_c, total), 20, 0.2, "C to list 60 connected devices")
-    wait_for(lambda: all_connected(b.url, total), 20, 0.2, "B to list 60 connected devices")
+    on_b = wait_for(lambda: all_connected(b.url, total), 20, 0.2, "B to list 60 connected devices")
+    assert "c01" not in on_b and on_b["mine-c01"]["kind"] == "mqtt"  # not listed twice
     assert on_a["a00"]["owner"] == "gw-a" and on_a["a00"]["remote"] is False
     assert {k: on_a["c07"][k] for k in ("owner", "remote", "owner_state", "kind")} == \
         {"owner": "gw-c", "remote": True, "owner_state": "online", "kind": "mqtt"}
