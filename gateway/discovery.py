@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -47,6 +48,7 @@ class Discovery:
         self.remotes: dict[tuple[str, str], str] = {}  # (owner, name) -> local name; the worker's
         self.announced: set[str] = set()  # own devices with a meta on the broker (loop and paho's thread)
         self.worker = Workers("discovery", 1)
+        self._lock = threading.Lock()  # remotes, and adding or removing a remote device
         self._sub = None
 
     def meta_topic(self, name: str, owner: str) -> str:
@@ -138,8 +140,37 @@ class Discovery:
                 return local
         return None
 
+    def make_room(self, name: str) -> None:
+        """A device of this gateway is about to be added as `name` (POST /api/devices, a
+        reload): a remote device listed under that name moves to NAME@OWNER, since this
+        gateway's own devices keep their names. Any thread but the loop."""
+        with self._lock:
+            link = self.gateway.links.get(name)
+            if link is None or not link.config.owner:
+                return
+            owner = link.config.owner
+            key = next((k for k, v in self.remotes.items() if v == name), None)
+            moved = f"{name}@{owner}"
+            log.warning("discovery: device %s of this gateway takes the name of gateway %s's device; "
+                        "that one is shown as %s from now on", name, owner, moved)
+            self.gateway.remove_device(name)
+            try:
+                self.gateway.add_device(replace(link.config, name=moved))
+            except ValueError as exc:
+                log.warning("discovery: device %s of gateway %s not listed: %s", name, owner, exc)
+                moved = None
+            if key is not None:
+                if moved is None:
+                    del self.remotes[key]
+                else:
+                    self.remotes[key] = moved
+
     def _remote(self, name: str, owner: str, payload: bytes) -> None:
         """The worker: add, keep or remove the remote device (owner, name)."""
+        with self._lock:
+            self._remote_locked(name, owner, payload)
+
+    def _remote_locked(self, name: str, owner: str, payload: bytes) -> None:
         key = (owner, name)
         if not payload:
             local = self.remotes.pop(key, None)

@@ -173,6 +173,10 @@ def test_three_gateways_find_and_drive_each_others_devices(fleet, caplog):
     a.update_device("a01", replace(a.links["a01"].config, buttons=(Button("Hi", "ECHO hi"),)))
     wait_for(lambda: devices_of(url_c)["a01"]["buttons"] == [{"label": "Hi", "line": "ECHO hi"}], 10, 0.1,
              "a01's new buttons on C")
+    # A device of B's own added under the name of A's: B's keeps it, A's moves aside.
+    b.add_device(DeviceConfig(name="a02", url="sim://?interval=0"))
+    assert b.links["a02"].config.owner == "" and b.links["a02@gw-a"].config.owner == "gw-a"
+    assert b.links["a02@gw-a"].wait_connected(5)
     # A device removed on its owner is removed everywhere.
     a.remove_device("a05")
     wait_for(lambda: "a05" not in b.links, 10, 0.05, "a05 to go from B")
