@@ -27,7 +27,7 @@ from gateway.sinks.mqtt import MqttSink, discovery_config
 from mqtt_broker import Mosquitto, MqttClient, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
-MY_THREADS = ("mqtt-sink", "paho-mqtt-client-gateway-", "recorder")
+MY_THREADS = ("mqtt-sink", "paho-mqtt-client-gateway-", "recorder", "discovery-")
 
 
 def my_threads() -> list[str]:
