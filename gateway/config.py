@@ -57,6 +57,9 @@ class DeviceConfig:
     # Networks an RFC 2217 client may connect from ("192.168.1.0/24", "10.0.0.5"); empty:
     # any. Binding rfc2217 beyond loopback needs these or [auth] anonymous = true.
     rfc2217_allow: tuple[str, ...] = ()
+    # The gateway id of the device's owner when it is another gateway's, discovered over
+    # MQTT (gateway/discovery.py); "" = this gateway's own device.
+    owner: str = ""
 
     @property
     def kind(self) -> str:
@@ -129,6 +132,9 @@ class MqttConfig:
     buffer: int = 1000  # messages held while the broker is away; beyond that, counted drops
     discovery: bool = False  # Home Assistant MQTT discovery for numeric telemetry keys
     discovery_prefix: str = "homeassistant"
+    # List the devices other gateways announce on the broker as remote devices, and
+    # announce this gateway's own (retained PREFIX/NAME/meta/ID; gateway/discovery.py).
+    discover: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,8 @@ def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
             re.compile(pattern)
         except re.error as exc:
             raise _fail(where, f"{prefix}allow", pattern, f"not a regular expression: {exc}") from None
+    if "owner" in table:  # set by discovery for other gateways' devices, never by a table
+        raise _fail(where, f"{prefix}owner", table["owner"], "not a device key (remote devices are discovered)")
     rfc2217 = _rfc2217_from(table, where, prefix)
     rest = {k: v for k, v in table.items() if k not in ("buttons", "allow", "rfc2217", "rfc2217_allow")}
     dev = _typed(DeviceConfig, {**merged, **rest}, where, prefix,
@@ -533,6 +541,9 @@ def _check_mqtt(mqtt: MqttConfig, where: str) -> None:
         raise _fail(where, "mqtt.buffer", mqtt.buffer, "expected at least 1 message")
     if not 0 <= mqtt.keepalive <= 65535:
         raise _fail(where, "mqtt.keepalive", mqtt.keepalive, "expected 0 to 65535 seconds")
+    if mqtt.discover and not mqtt.url.startswith("mqtt://"):
+        raise _fail(where, "mqtt.discover", mqtt.discover,
+                    "needs [mqtt] url = \"mqtt://HOST:PORT\" (the broker the gateways share; not mqtts://)")
 
 
 def _check_mdns(mdns: MdnsConfig, where: str) -> None:
