@@ -333,6 +333,8 @@ class GatewayApp:
             return json_body({"status": "ok", "devices": {name: link.state.value for name, link in gw.links.items()}})
         if path == "/api/devices":
             return json_body(gw.describe_devices())
+        if path.startswith("/api/devices/"):
+            return self.one_device(path[len("/api/devices/"):], environ)
         if path == "/api/ports":
             return json_body(gw.list_ports())
         if path == "/metrics":
@@ -410,6 +412,15 @@ class GatewayApp:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}") from None
         log.info("device %s changed (%s) by %s", name, ", ".join(sorted(changes)), peer_of(environ))
         return json_body(gw.describe_devices(name)[0])
+
+    def one_device(self, name: str, environ):
+        """GET /api/devices/NAME: one device as GET /api/devices lists it (404 if none)."""
+        if self.access.role(environ) is None:
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
+        found = self.gateway.describe_devices(name) if name else []
+        if not found:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}")
+        return json_body(found[0])
 
     @staticmethod
     def json_request(environ) -> dict:

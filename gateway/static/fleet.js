@@ -1,0 +1,284 @@
+/* The device list for a fleet: a search box, filters by state and by owner gateway, the
+ * counts per state in the page's header, and only the rows in view in the DOM (a pool of
+ * rows moved as the list scrolls). The data is a Fleet (fleet_model.js); changes mark it,
+ * and the DOM follows once per animation frame, touching only the rows in view.
+ *
+ * Elements (index.html): #device-list (the scrolled viewport, holding .fleet-rows and a
+ * message line), #fleet-search, #fleet-state, #fleet-owner, #fleet-shown, and in the
+ * header #fleet-counts and #gateway-id. A row is <li><button class="device"
+ * data-device=NAME data-state=STATE> with .dot, .name, .kind, .owner and .state inside.
+ */
+import { $, el } from "./util.js";
+import { Fleet, UNKNOWN, UNKNOWN_TEXT, rowWindow, scrollToShow } from "./fleet_model.js";
+
+const OVERSCAN = 6;            // rows rendered beyond each edge of the viewport
+const FALLBACK_VIEW = 600;     // px, while the viewport has no height yet
+
+export class FleetList {
+  /* onOpen(name): a row was chosen. */
+  constructor({ onOpen }) {
+    this.fleet = new Fleet();
+    this.onOpen = onOpen;
+    this.current = null;
+    this.view = $("device-list");
+    this.rows = el("ul", "fleet-rows");
+    this.note = el("p", "empty", "loading…");
+    this.view.replaceChildren(this.note, this.rows);
+    this.shownRows = new Map();  // name -> <li> in the DOM now
+    this.pool = [];              // <li>s taken out of the DOM, to reuse
+    this.dirty = new Set();      // names whose row may need repainting
+    this.all = true;             // every row in view needs repainting (filter, scroll, stale...)
+    this.frame = 0;
+    this.rowHeight = 0;
+    this.message = null;         // a message instead of the list (no token, unreachable)
+    this.ownersShown = "";       // the owner options rendered, to skip rebuilding them
+
+    this.view.addEventListener("scroll", () => this.schedule(true), { passive: true });
+    new ResizeObserver(() => {
+      this.rowHeight = 0;
+      this.schedule(true);
+    }).observe(this.view);
+    this.rows.addEventListener("click", (ev) => {
+      const b = ev.target.closest("button.device");
+      if (b) this.onOpen(b.dataset.device);
+    });
+    $("fleet-search").addEventListener("input", (ev) => this.setFilter({ text: ev.target.value }));
+    $("fleet-state").addEventListener("change", (ev) => this.setFilter({ state: ev.target.value }));
+    $("fleet-owner").addEventListener("change", (ev) => this.setFilter({ owner: ev.target.value }));
+    $("fleet-counts").addEventListener("click", (ev) => {
+      const b = ev.target.closest("button[data-state]");
+      if (!b) return;
+      const state = $("fleet-state").value === b.dataset.state ? "" : b.dataset.state;
+      this.setFilter({ state });
+    });
+  }
+
+  /* -- the data: every change is O(1) here, the DOM follows at the next frame -- */
+
+  has(name) {
+    return this.fleet.has(name);
+  }
+
+  get(name) {
+    return this.fleet.get(name);
+  }
+
+  get size() {
+    return this.fleet.size;
+  }
+
+  /* The gateway's whole list, just received. */
+  replace(list) {
+    this.fleet.replace(list);
+    this.message = null;
+    this.schedule(true);
+  }
+
+  upsert(d) {
+    this.fleet.upsert(d);
+    this.message = null;
+    this.mark(d.name);
+  }
+
+  setState(name, state) {
+    if (this.fleet.setState(name, state)) this.mark(name);
+  }
+
+  stateOf(name) {
+    return this.fleet.stateOf(name);
+  }
+
+  remove(name) {
+    if (this.fleet.remove(name)) this.schedule(true);
+  }
+
+  /* The gateway is lost: every state unknown until it reports again. */
+  stale() {
+    this.fleet.stale();
+    this.schedule(true);
+  }
+
+  setCurrent(name) {
+    const before = this.current;
+    this.current = name;
+    if (before) this.mark(before);
+    if (name) {
+      this.mark(name);
+      this.reveal(name);
+    }
+  }
+
+  setGateway(id) {
+    const box = $("gateway-id");
+    box.textContent = id || "";
+    box.hidden = !id;
+  }
+
+  /* Instead of the list (a refused token, an unreachable gateway with nothing listed). */
+  showMessage(text) {
+    this.message = text;
+    this.schedule(true);
+  }
+
+  setFilter(filter) {
+    this.fleet.setFilter(filter);
+    if (filter.state !== undefined) $("fleet-state").value = filter.state;
+    this.view.scrollTop = 0;
+    this.schedule(true);
+  }
+
+  mark(name) {
+    this.dirty.add(name);
+    this.schedule(false);
+  }
+
+  schedule(all) {
+    if (all) this.all = true;
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
+  }
+
+  /* Scroll so that `name`'s row is in view (when the filter lists it). */
+  reveal(name) {
+    const i = this.fleet.visible().indexOf(name);
+    if (i < 0) return;
+    const h = this.measure();
+    const top = scrollToShow(i, this.view.scrollTop, this.view.clientHeight || FALLBACK_VIEW, h);
+    if (top !== this.view.scrollTop) this.view.scrollTop = top;
+    this.schedule(true);
+  }
+
+  /* -- the DOM, once per frame -- */
+
+  measure() {
+    if (!this.rowHeight) {
+      const v = parseFloat(getComputedStyle(this.view).getPropertyValue("--fleet-row"));
+      this.rowHeight = v > 0 ? v : 44;
+    }
+    return this.rowHeight;
+  }
+
+  render() {
+    this.frame = 0;
+    const fleet = this.fleet;
+    const names = fleet.visible();
+    const h = this.measure();
+    this.renderCounts();
+    this.renderOwners();
+    const text = this.message || (!fleet.size ? "No devices configured." : !names.length ? "No device matches." : "");
+    this.note.textContent = text;
+    this.note.hidden = !text;
+    $("fleet-shown").textContent = fleet.size ? (names.length === fleet.size ? String(fleet.size) : names.length + " of " + fleet.size) : "";
+    this.rows.style.height = (this.message ? 0 : names.length * h) + "px";
+    const [start, end] = this.message ? [0, 0] : rowWindow(this.view.scrollTop, this.view.clientHeight || FALLBACK_VIEW, h, names.length, OVERSCAN);
+
+    if (this.all) {
+      const wanted = new Set(names.slice(start, end));
+      for (const [name, li] of this.shownRows) {
+        if (!wanted.has(name)) {
+          this.shownRows.delete(name);
+          li.remove();
+          this.pool.push(li);
+        }
+      }
+      for (let i = start; i < end; i++) {
+        const name = names[i];
+        let li = this.shownRows.get(name);
+        if (!li) {
+          li = this.pool.pop() || this.newRow();
+          this.rows.append(li);
+          this.shownRows.set(name, li);
+        }
+        this.paint(li, fleet.get(name), i, names.length);
+      }
+    } else {
+      for (const name of this.dirty) {
+        const li = this.shownRows.get(name);
+        if (li) this.paint(li, fleet.get(name), Number(li.dataset.index), names.length);
+      }
+    }
+    this.all = false;
+    this.dirty.clear();
+  }
+
+  newRow() {
+    const li = el("li", "fleet-row");
+    const b = el("button", "device");
+    b.type = "button";
+    b.append(el("span", "dot"), el("span", "name"), el("span", "kind"), el("span", "owner"), el("span", "state"));
+    li.append(b);
+    return li;
+  }
+
+  /* Write a row only where it differs from what it shows. */
+  paint(li, d, index, count) {
+    const state = this.fleet.stateOf(d.name);
+    const current = d.name === this.current;
+    const key = [d.name, state, d.kind, d.owner, d.remote, current, index, count].join("\u0000");
+    if (li.dataset.key === key) return;
+    li.dataset.key = key;
+    li.dataset.index = String(index);
+    li.style.transform = "translateY(" + index * this.rowHeight + "px)";
+    li.setAttribute("aria-posinset", String(index + 1));
+    li.setAttribute("aria-setsize", String(count));
+    const b = li.firstChild;
+    b.dataset.device = d.name;
+    b.dataset.state = state;
+    b.classList.toggle("remote", d.remote);
+    if (current) b.setAttribute("aria-current", "true");
+    else b.removeAttribute("aria-current");
+    const [, name, kind, owner, stateBox] = b.children;
+    name.textContent = d.name;
+    kind.textContent = d.kind;
+    owner.textContent = d.remote ? "on " + d.owner : "";
+    owner.title = d.remote ? "a device of gateway " + d.owner + ", reached through the broker" : "";
+    stateBox.textContent = state === UNKNOWN ? UNKNOWN_TEXT : state;
+    b.title = d.name + (d.remote ? " on " + d.owner : "") + ": " + stateBox.textContent;
+  }
+
+  renderCounts() {
+    const box = $("fleet-counts");
+    const counts = this.fleet.stateCounts();
+    const chosen = $("fleet-state").value;
+    const total = el("span", "total");
+    total.append(el("b", "n", String(this.fleet.size)), document.createTextNode(this.fleet.size === 1 ? " device" : " devices"));
+    const parts = [total];
+    for (const [state, n] of counts) {
+      if (!n && state !== "connected") continue;  // "0 connected" says something; "0 reconnecting" does not
+      const b = el("button", "count");
+      b.type = "button";
+      b.dataset.state = state;
+      b.setAttribute("aria-pressed", String(chosen === state));
+      b.title = (chosen === state ? "list every device" : "list only the devices " + state);
+      b.append(el("span", "dot"), el("b", "n", String(n)), el("span", "label", " " + state));
+      parts.push(b);
+    }
+    box.replaceChildren(...parts);
+    this.renderStateOptions(counts);
+  }
+
+  /* The state filter offers the states there are (and the one chosen). */
+  renderStateOptions(counts) {
+    const select = $("fleet-state");
+    const chosen = select.value;
+    const states = counts.filter(([s, n]) => n > 0 || s === chosen || s === "connected").map(([s]) => s);
+    const have = [...select.options].slice(1).map((o) => o.value);
+    if (have.join("\n") === states.join("\n")) return;
+    select.replaceChildren(new Option("any state", ""), ...states.map((s) => new Option(s, s)));
+    select.value = chosen;
+  }
+
+  /* The owner filter offers every gateway with devices in the list. */
+  renderOwners() {
+    const owners = this.fleet.ownerCounts();
+    const select = $("fleet-owner");
+    const chosen = select.value;
+    const key = owners.map(([o, n]) => o + "=" + n).join("\n") + "\n" + chosen;
+    if (key === this.ownersShown) return;
+    this.ownersShown = key;
+    const options = [new Option("any gateway", "")];
+    for (const [owner, n] of owners) options.push(new Option(owner + " (" + n + ")", owner));
+    if (chosen && !owners.some(([o]) => o === chosen)) options.push(new Option(chosen + " (0)", chosen));
+    select.replaceChildren(...options);
+    select.value = chosen;
+  }
+}
