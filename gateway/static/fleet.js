@@ -13,6 +13,7 @@ import { Fleet, UNKNOWN, UNKNOWN_TEXT, rowWindow, scrollToShow } from "./fleet_m
 
 const OVERSCAN = 6;            // rows rendered beyond each edge of the viewport
 const FALLBACK_VIEW = 600;     // px, while the viewport has no height yet
+const FILTERS_FROM = 8;        // devices: fewer are listed without search and filters
 
 export class FleetList {
   /* onOpen(name): a row was chosen. */
@@ -29,9 +30,13 @@ export class FleetList {
     this.dirty = new Set();      // names whose row may need repainting
     this.all = true;             // every row in view needs repainting (filter, scroll, stale...)
     this.frame = 0;
+    this.renders = 0;
     this.rowHeight = 0;
     this.message = null;         // a message instead of the list (no token, unreachable)
     this.ownersShown = "";       // the owner options rendered, to skip rebuilding them
+    this.toReveal = null;        // a name to scroll into view at the next frame
+    this.total = null;           // the header's "N devices"
+    this.countButtons = null;
 
     this.view.addEventListener("scroll", () => this.schedule(true), { passive: true });
     new ResizeObserver(() => {
@@ -137,13 +142,10 @@ export class FleetList {
     if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
   }
 
-  /* Scroll so that `name`'s row is in view (when the filter lists it). */
+  /* Scroll so that `name`'s row is in view (when the filter lists it), at the next frame:
+   * the list has its height then. */
   reveal(name) {
-    const i = this.fleet.visible().indexOf(name);
-    if (i < 0) return;
-    const h = this.measure();
-    const top = scrollToShow(i, this.view.scrollTop, this.view.clientHeight || FALLBACK_VIEW, h);
-    if (top !== this.view.scrollTop) this.view.scrollTop = top;
+    this.toReveal = name;
     this.schedule(true);
   }
 
@@ -159,16 +161,26 @@ export class FleetList {
 
   render() {
     this.frame = 0;
+    this.view.dataset.renders = String(++this.renders);  // frames painted: for tests and the curious
     const fleet = this.fleet;
+    const before = fleet.shown;
     const names = fleet.visible();
+    if (names !== before) this.all = true;  // devices came, went, or entered or left the filter
     const h = this.measure();
     this.renderCounts();
     this.renderOwners();
+    const f = fleet.filter;
+    $("fleet-filters").hidden = fleet.size < FILTERS_FROM && !(f.words.length || f.state || f.owner);
     const text = this.message || (!fleet.size ? "No devices configured." : !names.length ? "No device matches." : "");
     this.note.textContent = text;
     this.note.hidden = !text;
     $("fleet-shown").textContent = fleet.size ? (names.length === fleet.size ? String(fleet.size) : names.length + " of " + fleet.size) : "";
     this.rows.style.height = (this.message ? 0 : names.length * h) + "px";
+    if (this.toReveal !== null) {
+      const i = names.indexOf(this.toReveal);
+      this.toReveal = null;
+      if (i >= 0) this.view.scrollTop = scrollToShow(i, this.view.scrollTop, this.view.clientHeight || FALLBACK_VIEW, h);
+    }
     const [start, end] = this.message ? [0, 0] : rowWindow(this.view.scrollTop, this.view.clientHeight || FALLBACK_VIEW, h, names.length, OVERSCAN);
 
     if (this.all) {
@@ -235,24 +247,38 @@ export class FleetList {
     b.title = d.name + (d.remote ? " on " + d.owner : "") + ": " + stateBox.textContent;
   }
 
+  /* The header's counts, updated in place (a focused count button keeps its focus). */
   renderCounts() {
     const box = $("fleet-counts");
     const counts = this.fleet.stateCounts();
     const chosen = $("fleet-state").value;
-    const total = el("span", "total");
-    total.append(el("b", "n", String(this.fleet.size)), document.createTextNode(this.fleet.size === 1 ? " device" : " devices"));
-    const parts = [total];
+    const size = this.fleet.size;
+    if (!this.total) {
+      this.total = el("span", "total");
+      this.total.append(el("b", "n"), document.createTextNode(""));
+      this.countButtons = new Map();  // state -> its button
+    }
+    this.total.firstChild.textContent = String(size);
+    this.total.lastChild.textContent = size === 1 ? " device " : " devices ";
+    const known = !counts.some(([state, n]) => state === UNKNOWN && n > 0);
+    const parts = [this.total];
     for (const [state, n] of counts) {
-      if (!n && state !== "connected") continue;  // "0 connected" says something; "0 reconnecting" does not
-      const b = el("button", "count");
-      b.type = "button";
-      b.dataset.state = state;
+      // "0 connected" says something (when every state is known); "0 reconnecting" does not.
+      if (!n && !(state === "connected" && known && size)) continue;
+      let b = this.countButtons.get(state);
+      if (!b) {
+        b = el("button", "count");
+        b.type = "button";
+        b.dataset.state = state;
+        b.append(el("span", "dot"), el("b", "n"), el("span", "label", " " + state + " "));
+        this.countButtons.set(state, b);
+      }
+      b.children[1].textContent = String(n);
       b.setAttribute("aria-pressed", String(chosen === state));
-      b.title = (chosen === state ? "list every device" : "list only the devices " + state);
-      b.append(el("span", "dot"), el("b", "n", String(n)), el("span", "label", " " + state));
+      b.title = chosen === state ? "list every device" : "list only the devices " + state;
       parts.push(b);
     }
-    box.replaceChildren(...parts);
+    if (parts.length !== box.childNodes.length || parts.some((p, i) => box.childNodes[i] !== p)) box.replaceChildren(...parts);
     this.renderStateOptions(counts);
   }
 

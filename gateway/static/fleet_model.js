@@ -52,7 +52,7 @@ function summary(d) {
     kind: typeof d.kind === "string" ? d.kind : "",
     owner,
     remote: d.remote === true,  // missing: a device of this gateway
-    hay: (String(d.name) + " " + (d.kind || "") + " " + owner).toLowerCase(),
+    hay: (String(d.name) + " " + (d.kind || "")).toLowerCase(),  // what the search box searches
   };
 }
 
