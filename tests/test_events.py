@@ -9,6 +9,7 @@ import json
 import threading
 import time
 
+import pytest
 import websocket
 from conftest import free_port, wait_for, ws_url
 
@@ -129,3 +130,18 @@ def test_the_list_of_1000_devices_is_one_message_made_quickly(start_gateway):
     gw.device_list()
     print(f"\n1000 devices: answer in {took * 1000:.1f} ms, device_list() {1000 * (time.perf_counter() - t0):.2f} ms")
     ws.close()
+
+
+def test_one_device_is_read_alone(start_gateway):
+    """GET /api/devices/NAME: what the page polls for the open device (its counters)."""
+    import urllib.error
+    import urllib.request
+
+    gw = start_gateway(devices=[f"d{i}=sim://?interval=0" for i in range(3)])
+    with urllib.request.urlopen(gw.url + "/api/devices/d1", timeout=5) as resp:
+        one = json.loads(resp.read())
+    assert one == [d for d in json.loads(urllib.request.urlopen(gw.url + "/api/devices", timeout=5).read())
+                   if d["name"] == "d1"][0]
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(gw.url + "/api/devices/nope", timeout=5)
+    assert exc.value.code == 404 and exc.value.read().decode() == "no such device: 'nope'\n"

@@ -196,6 +196,13 @@ def test_the_open_device_is_scrolled_into_view_and_a_burst_is_painted_in_few_fra
     assert frames < 100, f"{frames} frames painted for 200 events"
     assert 0 < rows_in_dom(page) < MAX_ROWS
     expect(nav.locator(f'[data-device="{last}"]')).to_be_in_viewport()
+
+    # The open device removed: its view closes, and the list keeps every other state.
+    gw.remove_device(last)
+    expect(page.locator("#empty-main")).to_be_visible()
+    expect(count(page, "connected")).to_have_text(str(FLEET - 201))
+    expect(page.locator('#fleet-counts [data-state="unknown"]')).to_have_count(0)
+    expect(nav.locator(f'[data-device="{last}"]')).to_have_count(0)
     watch.assert_clean()
     print(f"\n200 devices removed in {took:.2f} s: {frames} frames painted")
 

@@ -74,6 +74,9 @@ import { UNKNOWN, UNKNOWN_TEXT } from "./fleet_model.js";
     epoch += 1;
     fleet.stale();
     if (current) paintPill(UNKNOWN);
+    // The event stream may still be up (only the device's stream went): if so, its answer
+    // makes the list fresh again; if the gateway is gone, there is no answer.
+    if (eventsListing()) events.ws.send(JSON.stringify({ type: "devices" }));
   }
 
   /* The event stream is open and its list is the one shown. */
@@ -355,6 +358,7 @@ import { UNKNOWN, UNKNOWN_TEXT } from "./fleet_model.js";
         case "line": return this.onLine(msg);
         case "gap": return this.onGap(msg);
         case "status":
+          if (msg.state === "removed") return deviceRemoved(this.device);  // before its close: not a lost gateway
           setDeviceState(this.device, msg.state);
           log.add("sys", "device " + msg.state);
           return;
@@ -927,7 +931,7 @@ import { UNKNOWN, UNKNOWN_TEXT } from "./fleet_model.js";
       $("banner").hidden = true;
       toast("Device " + name + " was removed");
     }
-    refreshDevices();
+    if (!eventsListing()) refreshDevices();  // else the event stream lists what is left
   }
   const ports = new PortsPanel({
     onOpened: (name) => openDevice(name),  // its "added" event lists it
