@@ -142,9 +142,8 @@ def test_500_devices_searched_filtered_and_followed_live(gateway, open_page):
         gw.add_device(ElsewhereConfig(f"far-{i}", "sim://?interval=0", owner="gw-far"))
     expect(page.locator("#fleet-shown")).to_have_text(str(FLEET + 3))
     owner = page.get_by_label("Filter by gateway")
-    expect(owner.locator("option")).to_have_text(["any gateway", f"{gw.gateway_id} ({FLEET})", "gw-far (3)"]
-                                                 if gw.gateway_id < "gw-far" else
-                                                 ["any gateway", "gw-far (3)", f"{gw.gateway_id} ({FLEET})"])
+    owners = sorted([(gw.gateway_id, FLEET), ("gw-far", 3)])
+    expect(owner.locator("option")).to_have_text(["any gateway"] + [f"{o} ({n})" for o, n in owners])
     owner.select_option("gw-far")
     expect(page.locator("#fleet-shown")).to_have_text(f"3 of {FLEET + 3}")
     assert listed_names(page) == ["far-0", "far-1", "far-2"]
@@ -163,6 +162,9 @@ def test_500_devices_searched_filtered_and_followed_live(gateway, open_page):
     expect(row(page, "rx", "PONG")).to_have_count(1)
     expect(page.locator("#device-counters")).to_contain_text("1 clients")
     shot(page, "fleet-filtered")
+    # One event stream for the whole list; a device stream only for each device opened.
+    paths = sorted(u.split("?")[0].rsplit("/", 1)[1] for u in watch.sockets)
+    assert paths == sorted(["_events", NAMES[0], "kitchen-005"]), watch.sockets
     watch.assert_clean()
     print(f"\n{FLEET} devices: gateway started and connected in {started:.2f} s, listed by the page in "
           f"{listed_in:.2f} s; {rows_in_dom(page)} rows in the DOM")
@@ -183,8 +185,8 @@ def test_the_open_device_is_scrolled_into_view_and_a_burst_is_painted_in_few_fra
     # in far fewer frames (one per animation frame, whatever arrived meanwhile).
     renders = int(page.locator("#device-list").get_attribute("data-renders"))
     t0 = time.monotonic()
-    removers = [threading.Thread(target=lambda k=k: [gw.remove_device(n) for n in NAMES[k:200:4]], name=f"test-remove-{k}")
-                for k in range(4)]
+    removers = [threading.Thread(target=lambda k=k: [gw.remove_device(n) for n in NAMES[k:200:4]],
+                                 name=f"test-remove-{k}") for k in range(4)]
     for t in removers:
         t.start()
     for t in removers:
@@ -218,4 +220,5 @@ def test_a_lost_gateway_claims_no_state_in_the_counts(gateway, open_page):
     runner.start()
     expect(count(page, "connected")).to_have_text("20", timeout=15_000)
     expect(page.locator('#fleet-counts button[data-state="unknown"]')).to_have_count(0)
-    watch.assert_clean(allowed=NETWORK_ERRORS)
+    # (a request in flight when the gateway stopped may also end with an empty response)
+    watch.assert_clean(allowed=re.compile(NETWORK_ERRORS.pattern + "|net::ERR_EMPTY_RESPONSE"))
