@@ -148,6 +148,7 @@ def test_500_devices_searched_filtered_and_followed_live(gateway, open_page):
     expect(page.locator("#fleet-shown")).to_have_text(f"3 of {FLEET + 3}")
     assert listed_names(page) == ["far-0", "far-1", "far-2"]
     expect(nav.locator('[data-device="far-1"] .owner')).to_have_text("on gw-far")
+    shot(page, "fleet-remote")
     owner.select_option(gw.gateway_id)
     expect(page.locator("#fleet-shown")).to_have_text(f"{FLEET} of {FLEET + 3}")
     search.fill("kitchen")  # filters combine
