@@ -20,7 +20,7 @@ from playwright.sync_api import expect
 
 from conftest import free_port
 from gateway.config import DeviceConfig
-from test_page import NETWORK_ERRORS, browser, gateway, open_page, row, send, shot  # noqa: F401 (fixtures)
+from test_page import NETWORK_ERRORS, ROVER_BUTTONS, browser, gateway, open_page, row, send, shot  # noqa: F401 (fixtures)
 
 FLEET = 500
 ROOMS = ("kitchen", "garage", "lab", "roof", "shed")
@@ -171,7 +171,7 @@ def test_500_devices_searched_filtered_and_followed_live(gateway, open_page):
           f"{listed_in:.2f} s; {rows_in_dom(page)} rows in the DOM")
 
 
-def test_the_open_device_is_scrolled_into_view_and_a_burst_is_painted_in_few_frames(gateway, open_page):
+def test_the_open_device_in_view_a_burst_in_few_frames_and_the_keyboard(gateway, open_page):
     runner = gateway(fleet_devices())
     gw = runner.gw
     last = sorted(NAMES)[-3]
@@ -206,6 +206,24 @@ def test_the_open_device_is_scrolled_into_view_and_a_burst_is_painted_in_few_fra
     expect(count(page, "connected")).to_have_text(str(FLEET - 201))
     expect(page.locator('#fleet-counts [data-state="unknown"]')).to_have_count(0)
     expect(nav.locator(f'[data-device="{last}"]')).to_have_count(0)
+
+    # The keyboard walks the whole list, past the rows in the DOM, and opens a device.
+    left = sorted(set(NAMES[200:]) - {last})
+    focused = "document.activeElement.dataset.device"
+    nav.locator("button.device").first.focus()
+    page.keyboard.press("End")
+    assert page.evaluate(focused) == left[-1]
+    page.keyboard.press("Home")
+    assert page.evaluate(focused) == left[0]
+    for _ in range(40):
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("PageDown")
+    page.keyboard.press("PageUp")
+    assert page.evaluate(focused) == left[40]
+    assert 0 < rows_in_dom(page) < MAX_ROWS
+    page.keyboard.press("Enter")
+    expect(page.locator("#device-name")).to_have_text(left[40])
+    expect(nav.locator(f'[data-device="{left[40]}"]')).to_have_attribute("aria-current", "true")
     watch.assert_clean()
     print(f"\n200 devices removed in {took:.2f} s: {frames} frames painted")
 
@@ -223,3 +241,26 @@ def test_a_lost_gateway_claims_no_state_in_the_counts(gateway, open_page):
     expect(page.locator('#fleet-counts button[data-state="unknown"]')).to_have_count(0)
     # (a request in flight when the gateway stopped may also end with an empty response)
     watch.assert_clean(allowed=re.compile(NETWORK_ERRORS.pattern + "|net::ERR_EMPTY_RESPONSE"))
+
+
+def test_arrow_keys_move_in_the_list_only_while_it_has_the_focus(gateway, open_page):
+    devs = (DeviceConfig("rover", "sim://?interval=0", buttons=ROVER_BUTTONS),
+            *(DeviceConfig(f"z{i}", "sim://?interval=0") for i in range(10)))
+    runner = gateway(devs)
+    page, watch = open_page(runner, path="/#rover")
+    nav = page.get_by_role("navigation", name="Devices")
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    nav.locator('[data-device="z3"]').click()  # a mouse click: the focus leaves the list
+    nav.locator('[data-device="rover"]').click()
+    expect(page.locator("#device-name")).to_have_text("rover")
+    expect(page.locator("#link-state")).to_have_attribute("data-state", "live")
+    page.keyboard.press("ArrowLeft")
+    expect(row(page, "rx", "moved left")).to_have_count(1)
+
+    nav.locator('[data-device="rover"]').focus()  # the keyboard's way in
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate("document.activeElement.dataset.device") == "z0"
+    send(page, "ECHO typed")
+    expect(row(page, "rx", "typed")).to_have_count(1)  # the device answers in order...
+    expect(row(page, "rx", "moved down")).to_have_count(0)  # ...so Down was never sent
+    watch.assert_clean()

@@ -45,8 +45,13 @@ export class FleetList {
     }).observe(this.view);
     this.rows.addEventListener("click", (ev) => {
       const b = ev.target.closest("button.device");
-      if (b) this.onOpen(b.dataset.device);
+      if (!b) return;
+      // Clicked with a mouse: the focus leaves the list, so the arrow keys go to the
+      // device's arrow buttons (app.js); chosen with the keyboard, it stays here.
+      if (ev.detail > 0) b.blur();
+      this.onOpen(b.dataset.device);
     });
+    this.rows.addEventListener("keydown", (ev) => this.onKey(ev));
     $("fleet-search").addEventListener("input", (ev) => this.setFilter({ text: ev.target.value }));
     $("fleet-state").addEventListener("change", (ev) => this.setFilter({ state: ev.target.value }));
     $("fleet-owner").addEventListener("change", (ev) => this.setFilter({ owner: ev.target.value }));
@@ -149,6 +154,26 @@ export class FleetList {
     this.schedule(true);
   }
 
+  /* Arrow keys, Page Up/Down, Home and End move the focus along the list, beyond the
+   * rows in the DOM: the row is rendered at once, then focused. */
+  onKey(ev) {
+    const li = ev.target.closest("li.fleet-row");
+    if (!li || ev.altKey || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+    const page = Math.max(1, Math.floor((this.view.clientHeight || FALLBACK_VIEW) / this.measure()) - 1);
+    const step = { ArrowDown: 1, ArrowUp: -1, PageDown: page, PageUp: -page, Home: -Infinity, End: Infinity }[ev.key];
+    if (step === undefined) return;
+    ev.preventDefault();
+    ev.stopPropagation();  // not also a press of the device's arrow buttons
+    const names = this.fleet.visible();
+    const to = names[Math.max(0, Math.min(names.length - 1, Number(li.dataset.index) + step))];
+    if (to === undefined) return;
+    this.toReveal = to;
+    this.all = true;
+    this.render();
+    const row = this.shownRows.get(to);
+    if (row) row.firstChild.focus({ preventScroll: true });
+  }
+
   /* -- the DOM, once per frame -- */
 
   measure() {
@@ -160,6 +185,7 @@ export class FleetList {
   }
 
   render() {
+    if (this.frame) cancelAnimationFrame(this.frame);
     this.frame = 0;
     this.view.dataset.renders = String(++this.renders);  // frames painted: for tests and the curious
     const fleet = this.fleet;
@@ -185,8 +211,13 @@ export class FleetList {
 
     if (this.all) {
       const wanted = new Set(names.slice(start, end));
+      // The focused row stays in the DOM while its device is listed, scrolled out or not:
+      // taking it out would drop the keyboard's focus.
+      const focused = this.rows.contains(document.activeElement) ? document.activeElement.dataset.device : undefined;
+      const kept = focused !== undefined && !wanted.has(focused) ? names.indexOf(focused) : -1;
+      if (kept >= 0) this.paint(this.shownRows.get(focused), fleet.get(focused), kept, names.length);
       for (const [name, li] of this.shownRows) {
-        if (!wanted.has(name)) {
+        if (!wanted.has(name) && !(kept >= 0 && name === focused)) {
           this.shownRows.delete(name);
           li.remove();
           this.pool.push(li);
