@@ -110,11 +110,11 @@ import { UNKNOWN, UNKNOWN_TEXT } from "./fleet_model.js";
       if (!fleet.size) fleet.showMessage("Cannot reach the gateway (" + e.message + ").");
       return;
     }
-    if (asked !== epoch) return;  // asked before the gateway was lost, or before a newer list
     if (!whole) {
-      if (name === current) showDetail(data);
+      if (name === current) showDetail(data);  // counters and settings: no state from here
       return;
     }
+    if (asked !== epoch) return;  // asked before the gateway was lost, or before a newer list
     details.clear();
     for (const d of data) details.set(d.name, d);
     fleet.replace(data);
