@@ -965,7 +965,7 @@ import { UNKNOWN, UNKNOWN_TEXT } from "./fleet_model.js";
       } else if (msg.type === "port") {
         ports.onEvent(msg);
       } else if (msg.type === "device") {
-        if (msg.event === "state") {
+        if (msg.event === "state" && typeof msg.state === "string") {
           setDeviceState(msg.device, msg.state);  // ignored for a device not listed (removed meanwhile)
         } else if (msg.event === "removed") {
           deviceRemoved(msg.device);
