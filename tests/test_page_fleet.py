@@ -239,8 +239,8 @@ def test_a_lost_gateway_claims_no_state_in_the_counts(gateway, open_page):
     runner.start()
     expect(count(page, "connected")).to_have_text("20", timeout=15_000)
     expect(page.locator('#fleet-counts button[data-state="unknown"]')).to_have_count(0)
-    # (a request in flight when the gateway stopped may also end with an empty response)
-    watch.assert_clean(allowed=re.compile(NETWORK_ERRORS.pattern + "|net::ERR_EMPTY_RESPONSE"))
+    # (a request in flight when the gateway stopped may end in any network error)
+    watch.assert_clean(allowed=re.compile(NETWORK_ERRORS.pattern + r"|Failed to load resource: net::ERR_\w+"))
 
 
 def test_arrow_keys_move_in_the_list_only_while_it_has_the_focus(gateway, open_page):

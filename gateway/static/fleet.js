@@ -256,7 +256,7 @@ export class FleetList {
   paint(li, d, index, count) {
     const state = this.fleet.stateOf(d.name);
     const current = d.name === this.current;
-    const key = [d.name, state, d.kind, d.owner, d.remote, current, index, count].join("\u0000");
+    const key = [d.name, state, d.kind, d.owner, d.remote, current, index, count, this.rowHeight].join("\u0000");
     if (li.dataset.key === key) return;
     li.dataset.key = key;
     li.dataset.index = String(index);
