@@ -89,7 +89,7 @@ class Gateway:
         # {"type": "device", "event": ..., "device": NAME, "state": ...}: they only queue.
         self.device_watchers: list[Callable[[dict], None]] = []
         self._devices_lock = threading.Lock()  # serialises add/remove/update_device
-        self.events = EventHub()  # WS /ws/_events (gateway/events.py), on the loop
+        self.events = EventHub(self.gateway_id, self.device_list)  # WS /ws/_events (gateway/events.py), on the loop
         self.device_watchers.append(self.events.publish)
         self.port_watcher: ports.PortWatcher | None = None
         if config.serial.rescan > 0:
@@ -241,7 +241,7 @@ class Gateway:
             self._start_rfc2217(link)  # ConfigError: its port cannot be served
             self.links = {**self.links, dev.name: link}
         # "added" before its first state event: both reach the loop in this order.
-        self._emit({"type": "device", "event": "added", "device": dev.name, "state": link.state.value})
+        self._emit(self._device_event("added", link, link.state))
         link.start()
         return link
 
@@ -327,10 +327,27 @@ class Gateway:
             link.full_clients = old.full_clients
 
     def _link_state(self, link: DeviceLink, state) -> None:
-        event = {"type": "device", "event": "state", "device": link.name, "state": state.value}
+        event = self._device_event("state", link, state)
         if link.external is not None:
             event["by"] = link.external  # who holds it (RFC 2217)
         self._emit(event)
+
+    def _device_event(self, event: str, link: DeviceLink, state) -> dict:
+        """{"type": "device", "event": EVENT, "device": NAME, "state": ..., "kind": ...,
+        "owner": ..., "remote": ...}: what a device list needs (gateway/events.py)."""
+        fields = self.device_summary(link, state)
+        return {"type": "device", "event": event, "device": fields.pop("name"), **fields}
+
+    def device_summary(self, link: DeviceLink, state=None) -> dict:
+        """A device as a list of many shows it: name, state, kind, owner (the gateway id
+        of the gateway it is on) and remote (whether that is another gateway)."""
+        owner = link.config.owner
+        return {"name": link.name, "state": (state or link.state).value, "kind": link.config.kind,
+                "owner": owner or self.gateway_id, "remote": bool(owner)}
+
+    def device_list(self) -> list[dict]:
+        """Every device's summary: /ws/_events' answer to {"type": "devices"} (any thread)."""
+        return [self.device_summary(link) for link in self.links.values()]
 
     def _emit(self, event: dict) -> None:
         if not self.device_watchers:

@@ -1,10 +1,20 @@
 """`WS /ws/_events` (json): one stream of the gateway's own events, so a dashboard of
 many devices needs one connection (SPEC section 8).
 
-    {"type": "hello", "client": ID, "role": ROLE}                          first
+    {"type": "hello", "client": ID, "role": ROLE, "gateway": GATEWAY_ID}   first
     {"type": "port", "event": "added" | "removed", "port": {...}}         ports.py's fields
-    {"type": "device", "event": "added" | "removed" | "state", "device": NAME, "state": ...}
+    {"type": "device", "event": "added" | "state", "device": NAME, "state": STATE,
+     "kind": KIND, "owner": GATEWAY_ID, "remote": BOOL}
+    {"type": "device", "event": "removed", "device": NAME}
+    {"type": "devices", "gateway": GATEWAY_ID, "devices": [{"name": NAME, "state": ...,
+     "kind": ..., "owner": ..., "remote": ...}, ...]}                    to {"type": "devices"}
     {"type": "pong"}                                                     to {"type": "ping"}
+
+The list without a race: a client that sends {"type": "devices"} gets every device as it
+is when the loop reads that request; the events after that answer in the stream are the
+changes since, in order (both are made on the loop). A `state` event for a device not in
+the list is one removed meanwhile: its `removed` follows; an `added` for a device already
+listed is one the list caught before its event.
 
 Everything here runs on the I/O loop thread. The connection is a `ClientSocket` like a
 device's (gateway/wsadapter.py); `EventClient` is its client protocol, a subscriber of
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
 from . import frames
 
@@ -31,15 +42,17 @@ def _frame(msg: dict) -> bytes:
 class EventHub:
     """The subscribers of /ws/_events (loop thread only)."""
 
-    def __init__(self):
+    def __init__(self, gateway_id: str = "", snapshot: Callable[[], list[dict]] = list):
         self._subs: list[EventClient] = []
+        self.gateway_id = gateway_id
+        self.snapshot = snapshot  # the devices as {"type": "devices"} lists them, on the loop
 
     @property
     def clients(self) -> int:
         return len(self._subs)
 
     def attach(self, sub: "EventClient") -> None:
-        sub.deliver([_frame({"type": "hello", "client": sub.id, "role": sub.role})])
+        sub.deliver([_frame({"type": "hello", "client": sub.id, "role": sub.role, "gateway": self.gateway_id})])
         self._subs.append(sub)
 
     def detach(self, sub: "EventClient") -> None:
@@ -110,11 +123,17 @@ class EventClient:
                 msg = json.loads(data)
             except ValueError:
                 pass
-        if isinstance(msg, dict) and msg.get("type") == "ping":
-            reply = {"type": "pong"}
-            if "id" in msg:
-                reply["id"] = msg["id"]
-            self.send_json(reply)
-            return
-        self.error(msg.get("id") if isinstance(msg, dict) else None,
-                   'this stream only sends events; it takes {"type": "ping"} and nothing else')
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "ping":
+            self.answer(msg, {"type": "pong"})
+        elif kind == "devices":
+            self.answer(msg, {"type": "devices", "gateway": self.hub.gateway_id, "devices": self.hub.snapshot()})
+        else:
+            self.error(msg.get("id") if isinstance(msg, dict) else None,
+                       'this stream only sends events; it takes {"type": "ping"}, {"type": "devices"} and nothing else')
+
+    def answer(self, request: dict, reply: dict) -> None:
+        """Send `reply` to `request`, with the request's `id` when it had one."""
+        if "id" in request:
+            reply["id"] = request["id"]
+        self.send_json(reply)

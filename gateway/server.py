@@ -335,6 +335,8 @@ class GatewayApp:
             return json_body({"status": "ok", "devices": {name: link.state.value for name, link in gw.links.items()}})
         if path == "/api/devices":
             return json_body(gw.describe_devices())
+        if path.startswith("/api/devices/"):
+            return self.one_device(path[len("/api/devices/"):], environ)
         if path == "/api/ports":
             return json_body(gw.list_ports())
         if path == "/metrics":
@@ -458,6 +460,15 @@ class GatewayApp:
                               lambda h: self.access.hosts.allows(h, local_address_of(environ))):
             log.warning("%s: %s from origin %r refused", peer_of(environ), what, origin)
             raise HttpError(HTTPStatus.FORBIDDEN, "origin not allowed")
+
+    def one_device(self, name: str, environ):
+        """GET /api/devices/NAME: one device as GET /api/devices lists it (404 if none)."""
+        if self.access.role(environ) is None:
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "a valid token is needed: ?token= or Authorization: Bearer")
+        found = self.gateway.describe_devices(name) if name else []
+        if not found:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such device: {name!r}")
+        return json_body(found[0])
 
     @staticmethod
     def json_request(environ, limit: int = MAX_BODY) -> dict:

@@ -167,7 +167,8 @@ def test_hot_plug_events_and_a_by_id_device_reopened_under_a_new_pty(bench, gate
     assert removed == {"type": "port", "event": "removed", "port": {
         "path": first, "by_id": f"{bench.folder}/usb-ESP_1-if00", "vid": None, "pid": None,
         "serial_number": None, "manufacturer": None, "description": None, "device": "esp"}}
-    assert next_event("device") == {"type": "device", "event": "state", "device": "esp", "state": "reconnecting"}
+    assert next_event("device") == {"type": "device", "event": "state", "device": "esp", "state": "reconnecting",
+                                    "kind": "serial", "owner": gw.gateway_id, "remote": False}
     # Left unplugged long enough for its backoff to grow past 2 s (0.2, 0.4, ... 3.2).
     wait_for(lambda: gw.links["esp"].failed_opens >= 4, timeout=10, what="four failed opens")
     bench.hold_a_pty()
@@ -176,7 +177,8 @@ def test_hot_plug_events_and_a_by_id_device_reopened_under_a_new_pty(bench, gate
     assert second != first
     added = next_event("port")
     assert added["event"] == "added" and added["port"]["path"] == second and added["port"]["device"] == "esp"
-    assert next_event("device") == {"type": "device", "event": "state", "device": "esp", "state": "connected"}
+    assert next_event("device") == {"type": "device", "event": "state", "device": "esp", "state": "connected",
+                                    "kind": "serial", "owner": gw.gateway_id, "remote": False}
     took = time.monotonic() - t0
     assert took < 2.0, f"reopened {took:.2f} s after the re-plug"
     # The device works on its new pty: a client line reaches it, its line reaches the client.

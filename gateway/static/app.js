@@ -1,18 +1,21 @@
 /* The gateway's control page: device list, one device's stream (json mode), send box,
- * configured buttons, live log and a live telemetry chart (uPlot, vendored); the Ports
- * panel (ports.js), the device settings (settings.js) and the Terminal view (terminal.js,
- * xterm.js vendored) are modules of their own.
+ * configured buttons, live log and a live telemetry chart (uPlot, vendored); the device
+ * list of a fleet (fleet.js, its data fleet_model.js), the Ports panel (ports.js), the
+ * device settings (settings.js) and the Terminal view (terminal.js, xterm.js vendored) are
+ * modules of their own.
  *
  * Plain JS modules, no build step. Everything comes from the gateway itself: /api/devices
- * for the list, /ws/NAME?format=json for the stream (SPEC sections 3 and 4), /api/ports
- * and /ws/_events for ports and device changes (section 8). A `?token=` in the page URL
- * is passed on to all of them.
+ * for the list and the open device, /ws/NAME?format=json for the stream (SPEC sections 3
+ * and 4), /api/ports and /ws/_events for ports and device changes (section 8). A `?token=`
+ * in the page URL is passed on to all of them.
  */
 import { $, el, token, toast, withToken, wsUrl } from "./util.js";
 import { EventsStream, PortsPanel } from "./ports.js";
 import { DeviceSettings } from "./settings.js";
 import { TerminalView } from "./terminal.js";
 import { FlashPanel } from "./flash.js";
+import { FleetList } from "./fleet.js";
+import { UNKNOWN, UNKNOWN_TEXT } from "./fleet_model.js";
 
 (function () {
   const HISTORY = 200;          // device lines replayed when a device is opened
@@ -20,7 +23,7 @@ import { FlashPanel } from "./flash.js";
   const RETRY_MIN = 500;        // ms; reconnect backoff doubles up to RETRY_MAX
   const RETRY_MAX = 10000;
   const HELLO_TIMEOUT = 10000;  // ms for a connection attempt to be answered
-  const POLL_MS = 3000;         // device list refresh
+  const POLL_MS = 3000;         // the open device's counters (the whole list without the event stream)
   const CHART_MAX_POINTS = 20000;
   const SEND_HISTORY_MAX = 100;
   const COLORS = ["#1f77b4", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#0c8599", "#f08c00", "#5c940d", "#862e9c", "#495057"];
@@ -50,130 +53,119 @@ import { FlashPanel } from "./flash.js";
 
   /* ---------------------------------------------------------------- devices -- */
 
-  const devices = new Map();   // name -> latest entry from /api/devices
+  /* The list (fleet.js) holds every device's summary. /ws/_events keeps it live: at each
+   * (re)connection the page asks for the whole list ({"type": "devices"}) and applies the
+   * device events that follow it, so no change is missed or applied out of order. The
+   * poll reads the open device's full item (GET /api/devices/NAME: counters, buttons,
+   * settings); only while the event stream is not listing does it read the whole list. */
   let current = null;          // the open device's name
+  const details = new Map();   // name -> full /api/devices item, from the last whole list read
+  let buttonsShown = "";       // the open device's buttons as rendered (JSON)
   let pollTimer = null;
+  let listedBy = null;         // the event stream's WebSocket that sent the list in use
 
-  /* A device's state is shown only while it is fresh: reported by the gateway (the list,
-   * or the open device's hello and status frames) since the page last lost the gateway.
-   * While the gateway is unreachable the page claims no state: "unknown". */
-  const fresh = new Set();     // names whose state came from the gateway since it was last lost
-  let epoch = 0;               // bumped when the gateway is lost: answers asked for before are stale
-  const UNKNOWN = "unknown";
-  const UNKNOWN_TEXT = "unknown — gateway unreachable";
+  /* A device's state is shown only while it is fresh: reported by the gateway (a list, an
+   * event, or the open device's hello and status frames) since the page last lost the
+   * gateway. While the gateway is unreachable the page claims no state: "unknown". */
+  let epoch = 0;               // bumped when the gateway is lost or a whole list arrives: answers asked for before are stale
+
+  const fleet = new FleetList({ onOpen: (name) => openDevice(name) });
 
   function gatewayLost() {
     epoch += 1;
-    fresh.clear();
-    for (const name of devices.keys()) paintState(name);
+    fleet.stale();
+    if (current) paintPill(UNKNOWN);
+    // The event stream may still be up (only the device's stream went): if so, its answer
+    // makes the list fresh again; if the gateway is gone, there is no answer.
+    if (eventsListing()) events.ws.send(JSON.stringify({ type: "devices" }));
+  }
+
+  /* The event stream is open and its list is the one shown. */
+  function eventsListing() {
+    return listedBy !== null && events.ws === listedBy && listedBy.readyState === WebSocket.OPEN;
   }
 
   async function refreshDevices() {
     clearTimeout(pollTimer);
     pollTimer = setTimeout(refreshDevices, POLL_MS);
     if (stream && stream.phase === "away") return; // the gateway is gone; the stream retries
+    const whole = !eventsListing();
+    if (!whole && !current) return;
+    const name = current;
     const asked = epoch;
-    let list;
+    let data;
     try {
-      const res = await fetch(withToken("/api/devices"), { cache: "no-store" });
+      const res = await fetch(withToken(whole ? "/api/devices" : "/api/devices/" + encodeURIComponent(name)), { cache: "no-store" });
       if (res.status === 401 || res.status === 403) {
-        renderDeviceMessage(token ? "The token in the page URL was refused." : "This gateway needs a token: open the page as /?token=…");
+        fleet.showMessage(token ? "The token in the page URL was refused." : "This gateway needs a token: open the page as /?token=…");
+        return;
+      }
+      if (res.status === 404 && !whole) {
+        if (name === current && !fleet.has(name)) notHere(name);
         return;
       }
       if (!res.ok) throw new Error("HTTP " + res.status);
-      list = await res.json();
+      data = await res.json();
     } catch (e) {
       if (!stream || stream.phase !== "live") gatewayLost();
-      if (!devices.size) renderDeviceMessage("Cannot reach the gateway (" + e.message + ").");
+      if (!fleet.size) fleet.showMessage("Cannot reach the gateway (" + e.message + ").");
       return;
     }
-    if (asked !== epoch) return;  // asked before the gateway was lost: not fresh
-    devices.clear();
-    fresh.clear();
-    for (const d of list) {
-      devices.set(d.name, d);
-      fresh.add(d.name);
+    if (!whole) {
+      if (name === current) showDetail(data);  // counters and settings: no state from here
+      return;
     }
-    renderDevices();
-    if (current && devices.has(current)) {
-      renderDeviceHead(devices.get(current));
-      settings.show(devices.get(current));
-    }
-    if (current && !devices.has(current) && stream && stream.phase !== "closed") {
-      stream.close();  // its reconnects would only be refused
-      stream.setPhase("closed");
-      terminal.disconnect();
-      log.add("err", "device " + current + " is not on this gateway any more: choose another");
-    }
+    if (asked !== epoch) return;  // asked before the gateway was lost, or before a newer list
+    details.clear();
+    for (const d of data) details.set(d.name, d);
+    fleet.replace(data);
+    listed(data);
+    if (current && details.has(current)) showDetail(details.get(current));
+  }
+
+  /* A whole list arrived (the poll's, or the event stream's). */
+  function listed(list) {
+    if (current && fleet.has(current)) paintPill(fleet.stateOf(current));
+    if (current && !fleet.has(current) && stream && stream.phase !== "closed") notHere(current);
     if (!current && list.length) {
       const wanted = decodeURIComponent(location.hash.slice(1));
-      openDevice(devices.has(wanted) ? wanted : list[0].name);
+      openDevice(fleet.has(wanted) ? wanted : list[0].name);  // else the gateway's first
     }
   }
 
-  function renderDeviceMessage(text) {
-    const ul = $("device-list");
-    ul.replaceChildren(el("li", "empty", text));
+  /* The open device is not on this gateway any more (a restart without it). */
+  function notHere(name) {
+    if (!stream || stream.phase === "closed") return;
+    stream.close();  // its reconnects would only be refused
+    stream.setPhase("closed");
+    terminal.disconnect();
+    log.add("err", "device " + name + " is not on this gateway any more: choose another");
   }
 
-  /* The list is rebuilt only when the devices change, so a poll never steals focus. */
-  function renderDevices() {
-    const ul = $("device-list");
-    if (!devices.size) {
-      renderDeviceMessage("No devices configured.");
-      return;
-    }
-    const shown = [...ul.querySelectorAll("button.device")].map((b) => b.dataset.device);
-    if (shown.join("\n") !== [...devices.keys()].join("\n")) {
-      ul.replaceChildren();
-      for (const d of devices.values()) {
-        const b = el("button", "device");
-        b.type = "button";
-        b.dataset.device = d.name;
-        b.append(el("span", "dot"), el("span", "name", d.name), el("span", "kind", d.kind), el("span", "state"));
-        b.addEventListener("click", () => openDevice(d.name));
-        const li = el("li");
-        li.append(b);
-        ul.append(li);
-      }
-    }
-    for (const b of ul.querySelectorAll("button.device")) {
-      if (b.dataset.device === current) b.setAttribute("aria-current", "true");
-      else b.removeAttribute("aria-current");
-      paintState(b.dataset.device);
-    }
+  /* The open device's full item: counters, settings, and its buttons when they changed. */
+  function showDetail(d) {
+    details.set(d.name, d);
+    renderDeviceHead(d);
+    settings.show(d);
+    if (JSON.stringify(d.buttons || []) !== buttonsShown) renderButtons(d.buttons || []);
   }
 
-  /* A state reported by the gateway just now (hello, status). */
+  /* A state reported by the gateway just now (an event, hello, status). */
   function setDeviceState(name, state) {
-    const d = devices.get(name);
-    if (d) d.state = state;
-    fresh.add(name);
-    paintState(name, state);
+    fleet.setState(name, state);
+    if (name === current) paintPill(state);
   }
 
-  /* Show a device's state if it is fresh, else "unknown". */
-  function paintState(name, state) {
-    const d = devices.get(name);
-    if (state === undefined) state = d ? d.state : UNKNOWN;
-    if (!fresh.has(name)) state = UNKNOWN;
-    const text = state === UNKNOWN ? UNKNOWN_TEXT : state;
-    const b = document.querySelector('#device-list button[data-device="' + CSS.escape(name) + '"]');
-    if (b) {
-      b.dataset.state = state;
-      b.querySelector(".state").textContent = text;
-    }
-    if (name === current) {
-      const pill = $("device-state");
-      pill.dataset.state = state;
-      pill.textContent = text;
-    }
+  function paintPill(state) {
+    const pill = $("device-state");
+    pill.dataset.state = state;
+    pill.textContent = state === UNKNOWN ? UNKNOWN_TEXT : state;
   }
 
   function renderDeviceHead(d) {
     $("device-name").textContent = d.name;
-    $("device-kind").textContent = d.kind;
-    paintState(d.name);
+    $("device-kind").textContent = d.kind + (d.remote ? " on " + d.owner : "");
+    paintPill(fleet.stateOf(d.name));
     const c = d.counters || {};
     const parts = [["in", c.lines_in], ["out", c.lines_out], ["errors", c.errors], ["clients", c.clients], ["reconnects", c.reconnects]];
     const box = $("device-counters");
@@ -191,10 +183,11 @@ import { FlashPanel } from "./flash.js";
     current = name;
     document.title = name + " — gateway";
     history.replaceState(null, "", location.pathname + location.search + "#" + encodeURIComponent(name));
-    const d = devices.get(name) || { name, kind: "", state: "disconnected", buttons: [] };
+    const summary = fleet.get(name) || { name, kind: "" };
+    const d = details.get(name) || { ...summary, buttons: [] };
     for (const id of ["device-head", "chart-card", "control-card", "settings-card", "log-card"]) $(id).hidden = false;
     $("empty-main").hidden = true;
-    renderDevices();
+    fleet.setCurrent(name);
     renderDeviceHead(d);
     renderButtons(d.buttons || []);
     settings.show(d);
@@ -367,6 +360,7 @@ import { FlashPanel } from "./flash.js";
         case "line": return this.onLine(msg);
         case "gap": return this.onGap(msg);
         case "status":
+          if (msg.state === "removed") return deviceRemoved(this.device);  // before its close: not a lost gateway
           setDeviceState(this.device, msg.state);
           log.add("sys", "device " + msg.state);
           return;
@@ -827,6 +821,7 @@ import { FlashPanel } from "./flash.js";
   function renderButtons(buttons) {
     const box = $("device-buttons");
     box.replaceChildren();
+    buttonsShown = JSON.stringify(buttons);
     arrowButtons = {};
     for (const spec of buttons) {
       const b = el("button", "device-button", spec.label);
@@ -924,12 +919,13 @@ import { FlashPanel } from "./flash.js";
   /* A device was taken off the gateway (by this page or another): if it was open, its
    * stream is over (no reconnecting to a device that is gone) and the next one opens. */
   function deviceRemoved(name) {
-    devices.delete(name);
-    fresh.delete(name);
+    fleet.remove(name);
+    details.delete(name);
     if (name === current) {
       if (stream) stream.close();
       terminal.disconnect();
       current = null;
+      fleet.setCurrent(null);
       for (const id of ["device-head", "chart-card", "control-card", "settings-card", "log-card"]) $(id).hidden = true;
       terminal.show(false);
       $("empty-main").hidden = false;
@@ -938,15 +934,11 @@ import { FlashPanel } from "./flash.js";
       $("banner").hidden = true;
       toast("Device " + name + " was removed");
     }
-    renderDevices();
-    refreshDevices();
+    if (!eventsListing()) refreshDevices();  // else the event stream lists what is left
   }
   const ports = new PortsPanel({
-    onOpened: async (name) => {
-      await refreshDevices();
-      if (devices.has(name)) openDevice(name);
-    },
-    isTaken: (name) => devices.has(name),
+    onOpened: (name) => openDevice(name),  // its "added" event lists it
+    isTaken: (name) => fleet.has(name),
   });
 
   function showTerminal(visible) {
@@ -956,28 +948,45 @@ import { FlashPanel } from "./flash.js";
     save("terminal", visible);
   }
 
-  /* Device and port changes, pushed by the gateway: the list follows at once (the poll
-   * stays, for a gateway without the event stream). */
+  /* Device and port changes, pushed by the gateway. At each (re)connection the page asks
+   * for the whole device list; the device events after its answer are the changes since
+   * (CONTRACT-NOTES.md, issue 15). The list's rows follow once per animation frame. */
   const events = new EventsStream({
-    onOpen: () => ports.load(),
+    onOpen: () => {
+      events.ws.send(JSON.stringify({ type: "devices" }));
+      ports.load();
+    },
     onMessage: (msg) => {
       if (msg.type === "hello") {
         ports.setCanAdd(msg.role === "admin");
+        fleet.setGateway(msg.gateway);
+      } else if (msg.type === "devices" && Array.isArray(msg.devices)) {
+        epoch += 1;  // a whole list read before this one is older
+        listedBy = events.ws;
+        fleet.replace(msg.devices);
+        listed(msg.devices);
       } else if (msg.type === "port") {
         ports.onEvent(msg);
       } else if (msg.type === "device") {
-        if (msg.event === "state" && devices.has(msg.device) && typeof msg.state === "string") {
-          setDeviceState(msg.device, msg.state);
+        if (msg.event === "state" && typeof msg.state === "string") {
+          setDeviceState(msg.device, msg.state);  // ignored for a device not listed (removed meanwhile)
         } else if (msg.event === "removed") {
           deviceRemoved(msg.device);
-          ports.load();  // its port is free again
+          portsChanged();  // its port is free again
         } else if (msg.event === "added") {
-          refreshDevices();
-          ports.load();  // a port is in use
+          fleet.upsert({ ...msg, name: msg.device });
+          portsChanged();  // a port is in use
         }
       }
     },
   });
+
+  /* Devices came or went: the Ports panel shows which port is whose. Many at once
+   * (a reload, a fleet) read the ports once. */
+  let portsTimer = 0;
+  function portsChanged() {
+    if (!portsTimer) portsTimer = setTimeout(() => { portsTimer = 0; ports.load(); }, 200);
+  }
 
   /* The event stream is section 8, like /api/ports: it is opened once the ports were
    * listed (a gateway without them has neither; a token refused there is refused here). */

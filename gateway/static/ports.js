@@ -54,6 +54,7 @@ export class PortsPanel {
    * stream either; a refused token would be refused there too). */
   async load() {
     const r = await api("GET", "/api/ports");
+    if (r.ok && !Array.isArray(r.data)) Object.assign(r, { ok: false, error: "the answer was cut short" });  // the gateway stopped meanwhile
     if (!r.ok) {
       if (!this.loaded) this.message(r.status === 404 ? "This gateway does not list ports." : "Ports: " + r.error);
       return false;
