@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""W5's devices: N TCP line servers on 127.0.0.1 in one process (asyncio, one thread).
+"""W5's and W6's devices: N TCP line servers on 127.0.0.1 in one process (asyncio, one thread).
 
     python devices.py --count 1000 --limit 600
 
 Each device is a listening port the gateway dials (tcp://127.0.0.1:PORT); a new
-connection to a device replaces its old one. What the gateway writes is read and
-dropped. Talks to bench/perf/run.py through stdin and stdout, one line each way:
+connection to a device replaces its old one. Each line the gateway writes is sent back
+as it came (a line echo, for W6's request and reply across gateways). Talks to
+bench/perf/run.py and fleet.py through stdin and stdout, one line each way:
 
   out  {"ports": [P0, P1, ...]}                once every device listens
   in   STATUS                                  -> {"connected": K, "accepted": A}
-  in   START S                                 every device sends one line a second for S
+  in   START S [stamp]                         every device sends one line a second for S
                                                seconds, device i at offset i/N of each second:
-                                               "t=<k> v=<i>.<k mod 100>", k = 1..S per device
+                                               "t=<k> v=<i>.<k mod 100>", k = 1..S per device;
+                                               with "stamp", plus " ns=<time.monotonic_ns()>"
+                                               taken as it is written (W6's latency)
   out  {"sent": [...], "unsent": U, "late_ms": L, "seconds": W}   when the S seconds are over
                                                (sent: lines written per device; unsent: lines
                                                due while that device had no connection; late_ms:
                                                the worst lateness against the schedule)
+  in   FILL K                                  every device sends K lines "f=<j> v=<i>" at once
+  out  {"filled": L, "seconds": W}             once they are all written (L lines in all)
   EOF on stdin, or --limit seconds: it exits.
 Every loop is bounded by a count and a deadline.
 """
@@ -30,12 +35,15 @@ import sys
 import time
 
 HOST = "127.0.0.1"
+MAX_LINE = 8192  # an unended run longer than this is cut (only its tail kept)
 
 
 class Device(asyncio.Protocol):
     def __init__(self, index: int, devices: "Devices") -> None:
         self.index = index
         self.devices = devices
+        self.transport: asyncio.Transport | None = None
+        self.rest = b""  # the start of a line not ended yet
 
     def connection_made(self, transport) -> None:
         old = self.devices.conns[self.index]
@@ -43,9 +51,15 @@ class Device(asyncio.Protocol):
             old.close()  # a new connection replaces the old one, as a board would
         self.devices.conns[self.index] = transport
         self.devices.accepted += 1
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        pass  # nothing in W5 writes to the devices
+        """Echo every complete line (W5 writes nothing; W6 sends a line across gateways)."""
+        data = self.rest + data
+        end = data.rfind(b"\n") + 1
+        self.rest = data[end:][-MAX_LINE:]
+        if end:
+            self.transport.write(data[:end])
 
     def connection_lost(self, exc) -> None:
         pass
@@ -61,7 +75,7 @@ class Devices:
         t = self.conns[i]
         return t if t is not None and not t.is_closing() else None
 
-    async def send_for(self, seconds: int) -> dict:
+    async def send_for(self, seconds: int, stamp: bool = False) -> dict:
         """One line a second from every device for `seconds` seconds (count: seconds * N lines)."""
         n = self.count
         sent = [0] * n
@@ -83,7 +97,10 @@ class Devices:
                 if t is None:
                     unsent += 1
                     continue
-                t.write(f"t={k} v={i}.{k % 100:02d}\n".encode())
+                if stamp:
+                    t.write(f"t={k} v={i}.{k % 100:02d} ns={time.monotonic_ns()}\n".encode())
+                else:
+                    t.write(f"t={k} v={i}.{k % 100:02d}\n".encode())
                 sent[i] += 1
         # the window is the schedule's span: the last device's last line is due at t0 + seconds - 1/n
         rest = t0 + seconds - time.monotonic()
@@ -91,6 +108,22 @@ class Devices:
             await asyncio.sleep(rest)
         return {"sent": sent, "unsent": unsent, "late_ms": round(late * 1000, 2),
                 "seconds": round(time.monotonic() - t0, 4)}
+
+
+    async def fill(self, lines: int) -> dict:
+        """`lines` lines from every connected device at once (W6: each device's history filled)."""
+        t0 = time.monotonic()
+        filled = 0
+        for i in range(self.count):
+            t = self.live(i)
+            if t is not None:
+                t.write("".join(f"f={j} v={i}\n" for j in range(1, lines + 1)).encode())
+                filled += lines
+        deadline = t0 + 120
+        while time.monotonic() < deadline and any(
+                (t := self.live(i)) is not None and t.get_write_buffer_size() for i in range(self.count)):
+            await asyncio.sleep(0.05)
+        return {"filled": filled, "seconds": round(time.monotonic() - t0, 4)}
 
 
 def say(obj) -> None:
@@ -118,8 +151,10 @@ async def main_async(count: int, limit: float) -> None:
         cmd = line.decode().split()
         if cmd[:1] == ["STATUS"]:
             say({"connected": sum(devices.live(i) is not None for i in range(count)), "accepted": devices.accepted})
-        elif cmd[:1] == ["START"] and len(cmd) == 2:
-            say(await devices.send_for(int(cmd[1])))
+        elif cmd[:1] == ["START"] and len(cmd) in (2, 3):
+            say(await devices.send_for(int(cmd[1]), stamp=cmd[2:] == ["stamp"]))
+        elif cmd[:1] == ["FILL"] and len(cmd) == 2:
+            say(await devices.fill(int(cmd[1])))
         else:
             say({"error": f"unknown command {line!r}"})
         if time.monotonic() > end:
