@@ -2,6 +2,7 @@
 """W5's and W6's devices: N TCP line servers on 127.0.0.1 in one process (asyncio, one thread).
 
     python devices.py --count 1000 --limit 600
+    python devices.py --count 1000 --mqtt mqtt://127.0.0.1:1883/bench    # W6's mqtt:// devices
 
 Each device is a listening port the gateway dials (tcp://127.0.0.1:PORT); a new
 connection to a device replaces its old one. Each line the gateway writes is sent back
@@ -22,6 +23,12 @@ bench/perf/run.py and fleet.py through stdin and stdout, one line each way:
   in   FILL K                                  every device sends K lines "f=<j> v=<i>" at once
   out  {"filled": L, "seconds": W}             once they are all written (L lines in all)
   EOF on stdin, or --limit seconds: it exits.
+With --mqtt URL/PREFIX the devices are topics on a broker instead (W6: mqtt:// devices,
+`mqtt://HOST:PORT/PREFIX/dev<i>`), all on ONE paho connection: device i publishes its
+lines on PREFIX/dev<i>/rx (QoS 0) and a retained {"state": "connected"} on
+PREFIX/dev<i>/status, and echoes each line published on PREFIX/dev<i>/tx; the first line
+out is {"ports": []}, once the statuses are out. Same commands (STATUS answers
+"connected": all of them while the broker link is up); needs paho-mqtt.
 Every loop is bounded by a count and a deadline.
 """
 
@@ -30,8 +37,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
+import threading
 import time
 
 HOST = "127.0.0.1"
@@ -126,18 +135,80 @@ class Devices:
         return {"filled": filled, "seconds": round(time.monotonic() - t0, 4)}
 
 
+class Topic:
+    """An MQTT device's side of the broker, written to as a TCP device is."""
+
+    __slots__ = ("client", "rx")
+
+    def __init__(self, client, rx: str) -> None:
+        self.client, self.rx = client, rx
+
+    def write(self, data: bytes) -> None:
+        for line in data.decode().splitlines():
+            self.client.publish(self.rx, line, qos=0)
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # paho holds what it has not sent yet
+
+
+class MqttDevices(Devices):
+    """`count` devices as topics under mqtt://HOST:PORT/PREFIX, on one paho connection
+    (its network thread is paho's own, ended by close())."""
+
+    def __init__(self, count: int, url: str) -> None:
+        super().__init__(count)
+        import paho.mqtt.client as mqtt
+        from urllib.parse import urlsplit
+        u = urlsplit(url)
+        self.prefix = u.path.strip("/")
+        self.up = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-devices-{os.getpid()}")
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self.up.clear()
+        self.client.on_message = self._on_message
+        self.topics = [Topic(self.client, f"{self.prefix}/dev{i}/rx") for i in range(count)]
+        self.client.connect(u.hostname, u.port or 1883, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        client.subscribe(f"{self.prefix}/+/tx", qos=1)
+        for i in range(self.count):
+            client.publish(f"{self.prefix}/dev{i}/status", json.dumps({"state": "connected"}), qos=1, retain=True)
+        self.accepted += 1
+        self.up.set()
+
+    def _on_message(self, client, userdata, msg) -> None:  # paho's thread: a tx line, echoed
+        name = msg.topic[len(self.prefix) + 1:-3]
+        client.publish(f"{self.prefix}/{name}/rx", msg.payload, qos=0)
+
+    def live(self, i: int):
+        return self.topics[i] if self.up.is_set() else None
+
+    def close(self) -> None:
+        for i in range(self.count):  # no retained status left behind
+            self.client.publish(f"{self.prefix}/dev{i}/status", b"", qos=1, retain=True)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def say(obj) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 
-async def main_async(count: int, limit: float) -> None:
+async def main_async(count: int, limit: float, mqtt_url: str | None = None) -> None:
     loop = asyncio.get_running_loop()
-    devices = Devices(count)
     servers = []
-    for i in range(count):
-        servers.append(await loop.create_server(lambda i=i: Device(i, devices), HOST, 0, backlog=16))
-    say({"ports": [s.sockets[0].getsockname()[1] for s in servers]})
+    if mqtt_url:
+        devices = MqttDevices(count, mqtt_url)
+        if not await loop.run_in_executor(None, devices.up.wait, 30):
+            raise SystemExit(f"devices.py: no broker at {mqtt_url} within 30 s")
+        say({"ports": []})
+    else:
+        devices = Devices(count)
+        for i in range(count):
+            servers.append(await loop.create_server(lambda i=i: Device(i, devices), HOST, 0, backlog=16))
+        say({"ports": [s.sockets[0].getsockname()[1] for s in servers]})
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     end = time.monotonic() + limit
@@ -164,17 +235,20 @@ async def main_async(count: int, limit: float) -> None:
     for t in devices.conns:
         if t is not None:
             t.abort()
+    if mqtt_url:
+        devices.close()
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--limit", type=float, default=600, help="exit after this many seconds whatever happens")
+    p.add_argument("--mqtt", metavar="URL", help="mqtt://HOST:PORT/PREFIX: devices as topics on a broker")
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2 * args.count + 100:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(main_async(args.count, args.limit))
+    asyncio.run(main_async(args.count, args.limit, args.mqtt))
     return 0
 
 
