@@ -362,6 +362,7 @@ async function w5() {
   const n = spec.devices, most = spec.max_lines;
   const stats = [];
   const delays = [];  // ms, device write to client arrival (W6)
+  const slowAt = {};  // second k: how many of its lines took 50 ms or more
   const makeOnLine = (i) => {
     const s = { hello: false, seen: new Uint8Array(most + 2), unique: 0, dup: 0, reordered: 0, max: 0,
                 foreign: 0, beyond: 0, other: 0 };
@@ -383,7 +384,11 @@ async function w5() {
       if (k < s.max) s.reordered++; else s.max = k;
       if (spec.latency) {
         const t = STAMP.exec(msg.line);
-        if (t) delays.push(Number(arrived - BigInt(t[1])) / 1e6);
+        if (t) {
+          const d = Number(arrived - BigInt(t[1])) / 1e6;
+          delays.push(d);
+          if (d >= 50) slowAt[k] = (slowAt[k] || 0) + 1;
+        }
       }
     };
   };
@@ -425,7 +430,7 @@ async function w5() {
   if (spec.latency) {
     const sorted = Float64Array.from(delays).sort();
     Object.assign(out, { stamped: sorted.length, p50_ms: percentile(sorted, 0.5), p99_ms: percentile(sorted, 0.99),
-                         max_ms: sorted.length ? sorted[sorted.length - 1] : null });
+                         max_ms: sorted.length ? sorted[sorted.length - 1] : null, slow_at: slowAt });
   }
   if (eventsConn) {
     Object.assign(out, { events_alive: !eventsConn.closed, events_messages: events.messages, events_types: events.types });

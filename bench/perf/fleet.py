@@ -202,7 +202,22 @@ def scenario_one(target: str, opts, logs: Path) -> dict:
 QUIET_SIM = ("quiet", "sim://?interval=0")  # in every config, so that 0 TCP devices is a valid one
 
 
-def memory_point(target: str, n: int, history: int, logs: Path, limit: float) -> dict:
+def hold_clients(port: int, n: int, limit: float, started: list) -> tuple[subprocess.Popen, "perf.Lines"]:
+    """A json client on each of dev0..dev<n-1>, held open (client.mjs W5 at its pause)."""
+    spec = clients_spec(port, n, 1, 100, limit, events=False)
+    client = subprocess.Popen(["node", str(HERE / "client.mjs"), json.dumps(spec)], cwd=HERE,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    started.append(client)
+    out = perf.Lines(client)
+    ev = out.json(150)
+    if ev.get("event") != "pause" or ev.get("opened") != n:
+        raise RuntimeError(f"json clients: {ev}")
+    return client, out
+
+
+def memory_point(target: str, n: int, history: int, logs: Path, limit: float, clients: bool = False) -> dict:
+    """The gateway's RSS with `n` TCP devices, idle, then with every history full (with
+    `clients`: while a json client of each device hears every line)."""
     point: dict = {"devices": n}
     stack = Stack()
     try:
@@ -218,6 +233,8 @@ def memory_point(target: str, n: int, history: int, logs: Path, limit: float) ->
         if perf.wait_connected(port, n + 1, 120, server) < n + 1:
             raise RuntimeError(f"not all of {n} devices connected after 120 s")
         point["idle"] = perf.gateway_sample(server.pid)
+        if n and clients:
+            client, out = hold_clients(port, n, limit, stack.clients)
         if n:
             before = lines_in(port)
             done = perf.tell(devices, dev_out, f"FILL {history}", 150)
@@ -228,6 +245,12 @@ def memory_point(target: str, n: int, history: int, logs: Path, limit: float) ->
                 time.sleep(0.5)
             point["full"] = perf.gateway_sample(server.pid)
             point["fill_seconds"] = point["full"]["t"] - point["idle"]["t"]
+        if n and clients:
+            client.stdin.write(json.dumps({"sent": [0] * n}) + "\n")
+            client.stdin.flush()
+            ev = out.json(30)
+            if ev.get("event") != "result" or ev.get("other") != n * history:
+                raise RuntimeError(f"json clients did not hear every line: {ev}")
     finally:
         stack.close()
     return point
@@ -251,6 +274,14 @@ def scenario_memory(target: str, opts, logs: Path) -> dict:
     res["rss_idle_kib"] = [p["idle"]["rss_kib"] for p in points]
     res["rss_full_kib"] = [p["full"]["rss_kib"] if "full" in p else p["idle"]["rss_kib"] for p in points]
     res["threads"] = [p["idle"]["threads"] for p in points]
+    if counts[-1]:  # the largest count again, a json client per device hearing every line
+        try:
+            heard = memory_point(target, counts[-1], opts.history, logs, opts.limit, clients=True)
+            res["rss_clients_kib"] = [heard["idle"]["rss_kib"], heard["full"]["rss_kib"]]
+            res["bytes_per_line_clients"] = ((heard["full"]["rss_kib"] - heard["idle"]["rss_kib"]) * 1024
+                                             / (counts[-1] * opts.history))
+        except Exception as exc:
+            res["error"] = f"with clients: {exc}"
     res["kib_per_device_idle"] = slope(counts, res["rss_idle_kib"])
     res["kib_per_device_full"] = slope(counts, res["rss_full_kib"])
     top = points[-1]
@@ -421,6 +452,9 @@ ROWS = [
     ("memory", "KiB per device, idle", lambda r: r.get("kib_per_device_idle"), None),
     ("memory", "KiB per device, history full", lambda r: r.get("kib_per_device_full"), None),
     ("memory", "bytes per history line held", lambda r: r.get("bytes_per_line"), None),
+    ("memory", "largest, a json client each: RSS MiB idle / full",
+     lambda r: each(r.get("rss_clients_kib"), mib), None),
+    ("memory", "... bytes per history line held", lambda r: r.get("bytes_per_line_clients"), None),
     ("three", "gateways x devices each", lambda r: f"{r['gateways']} x {r['per_gateway']:,}", None),
     ("three", "every gateway lists all: s from start (A/B/C)",
      lambda r: f"{perf.fmt(r.get('listed_max_s'))} ({each(r.get('listed_s', {}).values())})", None),
