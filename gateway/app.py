@@ -9,8 +9,10 @@ Threads it owns, all named and joined with a deadline on shutdown: the I/O loop
 socket, every device descriptor and the listening socket), one per HTTP request in
 progress ("http:ADDR", ending once it is answered or upgraded), the workers that open
 devices ("device-open-N", started when first needed), one per device without a
-descriptor ("device:NAME": sim://, mqtt://, pyserial's socket://, rfc2217://, loop://),
-the sinks' ("mqtt-sink" with paho's "paho-mqtt-client-<client_id>-NAME", "recorder"),
+descriptor ("device:NAME": sim://, pyserial's socket://, rfc2217://, loop://; mqtt://
+devices have none), one per MQTT broker ("paho-mqtt-client-gateway-ID-RUN", paho's network
+thread, shared by the sink, every mqtt:// device and discovery: gateway/broker.py), the
+discovery worker ("discovery-1"), the sinks' ("mqtt-sink", "recorder"),
 and the serial port watcher ("port-scan", gateway/ports.py: rescans every `[serial]
 rescan` seconds and hands what changed to the loop, which tells /ws/_events and reopens a
 device whose port came back).
@@ -25,9 +27,11 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+from urllib.parse import urlsplit
 
 
 from . import ports, transports
+from .broker import BrokerPool
 from .client import Client, Options
 from .config import Config, DeviceConfig, baudrate_of, default_gateway_id
 from .events import EventClient, EventHub
@@ -88,12 +92,25 @@ class Gateway:
         if config.serial.rescan > 0:
             self.port_watcher = ports.PortWatcher(config.serial.scan, config.serial.rescan,
                                                   self.manager.call, self._ports_changed)
+        mqtt = config.mqtt
+        home = None
+        if mqtt.url:
+            from .transports.mqtt import parse_broker
+
+            home = parse_broker(urlsplit(mqtt.url))
+        # One connection per broker, made when first asked for (gateway/broker.py).
+        self.brokers = BrokerPool(self.gateway_id, self.run_id, mqtt.client_id, mqtt.keepalive, home, mqtt.prefix)
+        self.discovery = None
         self.sinks = []
         for dev in config.devices:
             self.links[dev.name] = self._new_link(dev)
         self.sinks = build_sinks(self)
         for link in self.links.values():
             link.hub.listeners.extend(self.sinks)
+        if mqtt.discover:
+            from .discovery import Discovery
+
+            self.discovery = Discovery(self, self.brokers.get(home))
         self.server: HTTPServer | None = None
         self._ids = itertools.count(1)
         self._sockets_lock = threading.Lock()
@@ -115,8 +132,11 @@ class Gateway:
         Keepalive(self.manager, srv.ping_interval).start()
         for sink in self.sinks:
             sink.start()
+        self.brokers.start()
         for link in self.links.values():
             link.start()
+        if self.discovery is not None:
+            self.discovery.start()
         if self.port_watcher is not None:
             self.port_watcher.start()
         # The listening socket is the loop's too: it accepts, and an HTTP thread takes the
@@ -153,6 +173,8 @@ class Gateway:
             stopped.wait(left())
         if self.port_watcher is not None:
             self.port_watcher.stop(left())
+        if self.discovery is not None:
+            self.discovery.stop(left())
         self.server.close_requests(left())
         # The loop fails what waits for the devices, closes them, sends every client
         # 1001 and ends once they answered, within a second or what is left.
@@ -165,6 +187,7 @@ class Gateway:
         self.workers.stop(left())
         for sink in self.sinks:
             sink.stop(left())
+        self.brokers.stop()  # the gateway's "offline", then a clean disconnect
         if hasattr(self.server, "manager"):
             del self.server.manager  # ws4py's server_close() would close_all() and join it again
         self.server.server_close()
@@ -185,8 +208,10 @@ class Gateway:
         if hub is None:
             hub = Hub(dev.name, self.run_id, dev.history)
             hub.listeners.extend(self.sinks)
-        return DeviceLink(dev, hub, transports.create(dev.url), on_state=self._link_state,
-                          loop=self.manager, workers=self.workers)
+        transport = transports.create(dev.url)
+        if transport.pushes:  # mqtt://: on the gateway's connection to its broker
+            transport.use_brokers(self.brokers)
+        return DeviceLink(dev, hub, transport, on_state=self._link_state, loop=self.manager, workers=self.workers)
 
     def add_device(self, dev: DeviceConfig) -> DeviceLink:
         """Add a device and start opening it; ValueError when the name is taken (or the
@@ -324,9 +349,11 @@ class Gateway:
             if only is not None and name != only:
                 continue
             c = link.counters
-            out.append({
+            owner = link.config.owner
+            item = {
                 "name": name,
-                "owner": self.gateway_id,
+                "owner": owner or self.gateway_id,
+                "remote": bool(owner),
                 "kind": link.config.kind,
                 "state": link.state.value,
                 "buttons": [{"label": b.label, "line": b.line} for b in link.config.buttons],
@@ -338,7 +365,10 @@ class Gateway:
                 "baudrate": baudrate_of(link.config.url),
                 "reset": link.config.reset_sequence,
                 "signals": bool(getattr(link.transport, "signals", False)),
-            })
+            }
+            if owner:  # the owner gateway's status topic: online, offline, or unknown yet
+                item["owner_state"] = getattr(link.transport, "owner_state", None) or "unknown"
+            out.append(item)
         return out
 
 

@@ -51,6 +51,9 @@ class DeviceConfig:
     # The board's reset sequence (gateway/signals.py): "esp", "dtr", "none" or steps such
     # as "D0 R1 W100 R0"; "" = esp for devices that carry signals (serial, sim), else none.
     reset: str = ""
+    # The gateway id of the device's owner when it is another gateway's, discovered over
+    # MQTT (gateway/discovery.py); "" = this gateway's own device.
+    owner: str = ""
 
     @property
     def kind(self) -> str:
@@ -123,6 +126,9 @@ class MqttConfig:
     buffer: int = 1000  # messages held while the broker is away; beyond that, counted drops
     discovery: bool = False  # Home Assistant MQTT discovery for numeric telemetry keys
     discovery_prefix: str = "homeassistant"
+    # List the devices other gateways announce on the broker as remote devices, and
+    # announce this gateway's own (retained PREFIX/NAME/meta/ID; gateway/discovery.py).
+    discover: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,8 @@ def device_from(table: dict, where: str, prefix: str) -> DeviceConfig:
             re.compile(pattern)
         except re.error as exc:
             raise _fail(where, f"{prefix}allow", pattern, f"not a regular expression: {exc}") from None
+    if "owner" in table:  # set by discovery for other gateways' devices, never by a table
+        raise _fail(where, f"{prefix}owner", table["owner"], "not a device key (remote devices are discovered)")
     rest = {k: v for k, v in table.items() if k not in ("buttons", "allow")}
     dev = _typed(DeviceConfig, {**merged, **rest}, where, prefix,
                  {"buttons": tuple(parsed_buttons), "allow": tuple(allow)})
@@ -433,6 +441,8 @@ def _check_mqtt(mqtt: MqttConfig, where: str) -> None:
         raise _fail(where, "mqtt.buffer", mqtt.buffer, "expected at least 1 message")
     if not 0 <= mqtt.keepalive <= 65535:
         raise _fail(where, "mqtt.keepalive", mqtt.keepalive, "expected 0 to 65535 seconds")
+    if mqtt.discover and not mqtt.url:
+        raise _fail(where, "mqtt.discover", mqtt.discover, "needs [mqtt] url (the broker the gateways share)")
 
 
 def _check_mdns(mdns: MdnsConfig, where: str) -> None:

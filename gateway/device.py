@@ -13,7 +13,10 @@ How the bytes move depends on the transport:
   waiting for EPOLLOUT. No thread of its own. Opening (which may block: a name to
   resolve, a port to open) runs on a worker (gateway/workers.py); a TCP connect is
   started there and completed on the loop.
-- A transport without one (`sim://`, `mqtt://`, pyserial's `loop://`, `socket://`,
+- A "push" transport (`mqtt://`: `pushes`) has neither: it calls the link from the
+  thread of what it shares (the gateway's one broker connection), and the link hands
+  each call to the loop (`_push_attach`, `_PushSide`). No thread of its own either.
+- Any other transport without a descriptor (`sim://`, pyserial's `loop://`, `socket://`,
   `rfc2217://`) has one thread, "device:NAME" (`DeviceThread`), that opens it, blocks in
   its `read()` and makes the writes the loop hands it; what it reads is handed to the
   loop, at most HANDOFF_CHUNKS chunks ahead.
@@ -64,6 +67,8 @@ BATCH_BYTES = 4096  # one write to a serial port: at 9600 baud, 4.3 s
 NET_BATCH_BYTES = 65536  # one write to a socket
 ROOM_WAIT = 0.5  # seconds the device is not read while a client's queue drains
 HANDOFF_CHUNKS = 16  # chunks a device thread reads ahead of the loop
+PUSH_AHEAD = 10000  # messages a push transport (mqtt://) hands over ahead of the loop
+PUSH_WRITE_TIMEOUT = 5.0  # seconds a push transport's write may take (a broker's PUBACK)
 
 
 class Phase(Enum):
@@ -166,7 +171,10 @@ class DeviceLink:
         self._batch = NET_BATCH_BYTES if getattr(transport, "flow_control", False) else BATCH_BYTES
         self._datagrams = transport.message_oriented
         self._single = transport.message_oriented or bool(config.pace_ms)
-        self._thread = None if self._pollable else DeviceThread(self)
+        self._push = getattr(transport, "pushes", False)  # mqtt://: see _push_attach
+        self._push_write_token: object | None = None
+        self._push_timer: Timer | None = None
+        self._thread = None if self._pollable or self._push else DeviceThread(self)
         self._sequence: _Sequence | None = None  # signals being played
 
     @property
@@ -186,6 +194,8 @@ class DeviceLink:
         self.loop.on_stop(self._stop_in_loop)
         if self._thread is not None:
             self._thread.start()
+        elif self._push:
+            self.loop.call(self._push_attach)
         else:
             self.loop.call(self._open)
 
@@ -215,13 +225,13 @@ class DeviceLink:
             self.loop.unregister(self._listen_fd)
             self._listen_fd = None
         self._fail_all("gateway is shutting down")
-        if self._pollable:
+        if self._pollable or self._push:
             self._flush_partial()
             self._release()
         self._set_state(State.DISCONNECTED)
 
     def _release(self) -> None:
-        if self._pollable:
+        if self._pollable or self._push:
             try:
                 self.transport.release()
             except Exception:
@@ -540,6 +550,9 @@ class DeviceLink:
                 self.hub.expect_reply(request.client, request.id, self._replied)
             data = request.data if len(batch) == 1 else b"".join(r.data for r in batch)
             self._inflight = batch
+            if self._push:
+                self._push_write(data)
+                return
             if not self._pollable:
                 self._thread.hand(data)
                 return
@@ -756,6 +769,90 @@ class DeviceLink:
         return True
 
 
+    # -- push transports (loop) ------------------------------------------------------------
+    #
+    # A transport with `pushes` (mqtt://) has neither a descriptor nor a thread: it is
+    # attached once and then tells the link, from its own thread (paho's), that the device
+    # is up, down or sent something (`_PushSide`, which hands each to the loop); writes
+    # are started here and finish when the transport calls back.
+
+    def _push_attach(self) -> None:
+        if self._stopped:
+            return
+        self.phase = Phase.OPENING
+        self._set_state(State.RECONNECTING)
+        try:
+            self.transport.attach(_PushSide(self))
+        except Exception as exc:
+            self._failed_to_open(exc)
+
+    def _push_up(self) -> None:
+        if self.phase is Phase.OPENING:
+            self._up()
+
+    def _push_down(self, state: str, reason: str) -> None:
+        """The device went away (reconnecting) or its owner says it is disconnected."""
+        if self.phase is Phase.STOPPED:
+            return
+        if self.phase is Phase.UP:
+            self._lost(TransportError(reason))
+        else:
+            self._failed_to_open(TransportError(reason))
+        if state == State.DISCONNECTED.value:
+            self._set_state(State.DISCONNECTED)
+
+    def _push_write(self, data: bytes) -> None:
+        token = self._push_write_token = object()
+        if self._push_timer is not None:
+            self._push_timer.cancel()
+        self._push_timer = self.loop.call_later(
+            PUSH_WRITE_TIMEOUT, self._push_written, token,
+            WriteTimeout(f"{self.transport.describe()}: no acknowledgement within {PUSH_WRITE_TIMEOUT:g} s"))
+        self.transport.write_async(data, lambda error: self.loop.call(self._push_written, token, error))
+
+    def _push_written(self, token: object, error: BaseException | None) -> None:
+        if token is not self._push_write_token:
+            return  # a write the link gave up on (device lost, timed out)
+        self._push_write_token = None
+        if self._push_timer is not None:
+            self._push_timer.cancel()
+            self._push_timer = None
+        self._write_done(error)
+
+
+class _PushSide:
+    """What a push transport calls, from its own thread: each call is handed to the loop.
+    At most PUSH_AHEAD messages wait for the loop; `data()` says False beyond (the
+    transport counts the drop)."""
+
+    __slots__ = ("link", "_ahead", "_lock")
+
+    def __init__(self, link: DeviceLink):
+        self.link = link
+        self._ahead = 0
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        self.link.loop.call(self.link._push_up)
+
+    def down(self, state: str, reason: str) -> None:
+        self.link.loop.call(self.link._push_down, state, reason)
+
+    def data(self, payload: bytes) -> bool:
+        with self._lock:
+            if self._ahead >= PUSH_AHEAD:
+                return False
+            self._ahead += 1
+        self.link.loop.call(self._deliver, payload)
+        return True
+
+    def _deliver(self, payload: bytes) -> None:
+        with self._lock:
+            self._ahead -= 1
+        if self.link.phase is Phase.UP:
+            self.link._deliver(payload)
+
+
 class _Listener:
     """tcp-listen's listening socket, on the loop."""
 
@@ -773,7 +870,7 @@ class DeviceThread:
     """The one thread of a device whose transport has no descriptor ("device:NAME"):
     it opens the transport (with backoff), blocks in `read()`, hands what it read to
     the loop, and makes the writes the loop hands it (`hand`), waking from `read()` for
-    them. `sim://` and `mqtt://` wait in `read()` until there is something to do, so an
+    them. `sim://` waits in `read()` until there is something to do, so an
     idle device wakes this thread only for its own timers."""
 
     def __init__(self, link: DeviceLink):

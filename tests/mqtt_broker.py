@@ -74,6 +74,7 @@ class Mosquitto:
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence false\n"
+            "sys_interval 1\n"  # $SYS/broker/clients/connected every second (tests count connections)
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )

@@ -76,7 +76,9 @@ def gateway():
     started = []
 
     def start(url, prefix, devices=("sim=sim://?interval=0",), **mqtt):
-        config = Config(server=ServerConfig(port=0), mqtt=MqttConfig(url=url, prefix=prefix, **mqtt))
+        # Each its own gateway id, as on a real fleet (the id names the will's topic).
+        server = ServerConfig(port=0, gateway_id=f"{prefix}-{len(started)}")
+        config = Config(server=server, mqtt=MqttConfig(url=url, prefix=prefix, **mqtt))
         gw = Gateway(apply_flags(config, "127.0.0.1", 0, list(devices))).start()
         started.append(gw)
         return gw
@@ -156,31 +158,40 @@ def test_commands_on_tx_are_written_to_the_device(broker, prefix, gateway, mqtt_
 
 def test_last_will_marks_a_dead_gateway_offline(broker, prefix, mqtt_client, tmp_path):
     config = tmp_path / "gw.toml"
-    config.write_text(f'[server]\nport = 0\n[mqtt]\nurl = "{broker.url}"\nprefix = "{prefix}"\n'
+    config.write_text(f'[server]\nport = 0\ngateway_id = "gw-will"\n[mqtt]\nurl = "{broker.url}"\nprefix = "{prefix}"\n'
                       '[[device]]\nname = "sim"\nurl = "sim://?interval=0"\n')
-    sub = mqtt_client(broker, f"{prefix}/sim/status")
+    gateway_topic = f"{prefix}/_gateway/gw-will/status"
+    sub = mqtt_client(broker, f"{prefix}/sim/status", gateway_topic)
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_gateway.py"), "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=ROOT)
     try:
-        sub.next_json(f"{prefix}/sim/status", timeout=15, where=status_is("connected"))
+        online = sub.next_json(gateway_topic, timeout=15, where=status_is("online"))
+        assert set(online) == {"state", "ts", "run"}
+        # Each device's status names its gateway, whose status topic carries the will.
+        assert sub.next_json(f"{prefix}/sim/status", where=status_is("connected"))["gateway"] == "gw-will"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
         # The broker sees the connection die without a DISCONNECT: it publishes the will.
-        assert sub.next_json(f"{prefix}/sim/status", where=lambda o: o.get("state") != "connected") == {"state": "offline"}
+        assert sub.next_json(gateway_topic) == {"state": "offline"}
     finally:
         stop_process(proc)
-    late = mqtt_client(broker, f"{prefix}/sim/status")
-    assert json.loads(late.next(f"{prefix}/sim/status").payload) == {"state": "offline"}
+    late = mqtt_client(broker, gateway_topic)
+    assert json.loads(late.next(gateway_topic).payload) == {"state": "offline"}
 
 
 def test_clean_shutdown_says_disconnected_not_offline(broker, prefix, gateway, mqtt_client):
     gw = gateway(broker.url, prefix)
     sub = mqtt_client(broker, f"{prefix}/sim/status")
     sub.next_json(f"{prefix}/sim/status", where=status_is("connected"))
+    gateway_topic = f"{prefix}/_gateway/{gw.gateway_id}/status"
+    gw_sub = mqtt_client(broker, gateway_topic)
+    assert gw_sub.next_json(gateway_topic)["state"] == "online"
     gw.shutdown()
     assert sub.next_json(f"{prefix}/sim/status")["state"] == "disconnected"
-    late = mqtt_client(broker, f"{prefix}/sim/status")
-    assert json.loads(late.next(f"{prefix}/sim/status").payload)["state"] == "disconnected"
+    assert gw_sub.next_json(gateway_topic)["state"] == "offline"  # said, not the will
+    late = mqtt_client(broker, f"{prefix}/sim/status", gateway_topic)
+    got = {m.topic: json.loads(m.payload)["state"] for m in (late.next(), late.next())}
+    assert got == {f"{prefix}/sim/status": "disconnected", gateway_topic: "offline"}
 
 
 def test_lines_buffered_while_the_broker_is_away_then_published(prefix, gateway, mqtt_client, tmp_path):
@@ -212,10 +223,14 @@ def test_home_assistant_discovery(broker, prefix, gateway, mqtt_client):
     sub.next_json(f"{prefix}/sim/status", where=status_is("connected"))
     ws = ws_json(gw, "sim")
     ws.send(json.dumps({"line": "GET temp"}))
-    config_topic, expected = discovery_config(gw.config.mqtt, "sim", "sim", "temp")
+    config_topic, expected = discovery_config(gw.config.mqtt, "sim", "sim", "temp", gw.gateway_id)
     assert json.loads(sub.next(config_topic).payload) == expected
     assert expected["state_topic"] == f"{prefix}/sim/telemetry/temp"
     assert expected["unique_id"] == f"{prefix}_sim_temp"
+    # Available while both the gateway (its will) and the device say so.
+    assert [a["topic"] for a in expected["availability"]] == [f"{prefix}/_gateway/{gw.gateway_id}/status",
+                                                               f"{prefix}/sim/status"]
+    assert expected["availability_mode"] == "all"
     assert float(sub.next(f"{prefix}/sim/telemetry/temp").payload) > 0
     ws.send(json.dumps({"line": "GET led"}))  # a key seen for the first time is announced too
     assert json.loads(sub.next(f"{ha}/sensor/{prefix}_sim/led/config").payload)["name"] == "led"
@@ -276,7 +291,8 @@ def test_a_browser_on_gateway_b_controls_the_device_on_gateway_a(broker, prefix,
     ws.close()
     # Gateway A goes away: its device says disconnected, and B's copy follows.
     a.shutdown()
-    wait_for(lambda: link.state.value == "reconnecting", what="remote to follow its owner")
+    wait_for(lambda: link.state.value == "disconnected", what="remote to follow its owner")
+    assert link.transport.owner == a.gateway_id and link.transport.owner_state == "offline"
 
 
 def test_firmware_that_speaks_mqtt_itself(broker, prefix, gateway, mqtt_client):
@@ -292,7 +308,7 @@ def test_firmware_that_speaks_mqtt_itself(broker, prefix, gateway, mqtt_client):
     ws.send(json.dumps({"line": "LED ON", "id": 1}))
     assert firmware.next(f"{prefix}/esp/tx").payload == b"LED ON"  # the eol is the message's end
     firmware.publish(f"{prefix}/esp/status", b"offline", retain=True)
-    wait_for(lambda: link.state.value == "reconnecting", what="device to go away with its status")
+    wait_for(lambda: link.state.value == "disconnected", what="device to go away with its status")
     ws.close()
     firmware.publish(f"{prefix}/esp/status", b"", retain=True)
 
@@ -320,14 +336,16 @@ def test_broker_restart_is_survived(own_broker, prefix, gateway, mqtt_client):
     assert metric(b, "gateway_device_reconnects_total", device="remote") >= 1
 
 
-def test_config_with_only_mqtt_devices_makes_no_sink(broker, prefix):
-    from gateway.sinks import build_sinks
-
-    class FakeGateway:  # what build_sinks reads
-        run_id = "r1"
-
-    gw = FakeGateway()
-    gw.config = apply_flags(Config(mqtt=MqttConfig(url=broker.url, prefix=prefix)), "127.0.0.1", 0,
-                            [f"r=mqtt://{broker.host}:{broker.port}/{prefix}/x"])
-    gw.links = {d.name: type("Link", (), {"config": d, "name": d.name})() for d in gw.config.devices}
-    assert [type(s).__name__ for s in build_sinks(gw)] == ["TelemetryCache"]
+def test_one_broker_connection_for_the_sink_and_every_mqtt_device(broker, prefix, gateway):
+    devices = ["sim=sim://?interval=0"] + [f"r{i}=mqtt://{broker.host}:{broker.port}/{prefix}/x{i}?status=ignore"
+                                           for i in range(5)]
+    gw = gateway(broker.url, prefix, devices)
+    for i in range(5):
+        assert gw.links[f"r{i}"].wait_connected(5)
+    assert [c.client_id for c in gw.brokers.connections()] == [f"gateway-{gw.gateway_id}-{gw.run_id}"]
+    paho = [t.name for t in threading.enumerate() if t.name.startswith("paho-mqtt-client-gateway-")
+            and gw.run_id in t.name]
+    assert paho == [f"paho-mqtt-client-gateway-{gw.gateway_id}-{gw.run_id}"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("device:r")]  # no thread per mqtt:// device
+    # The sink never publishes what came from the broker (no loops).
+    assert [list(s.channels) for s in gw.sinks if isinstance(s, MqttSink)] == [["sim"]]

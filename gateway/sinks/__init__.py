@@ -6,7 +6,8 @@ sinks the config asks for; the Gateway adds each to every device's hub, starts t
 before the devices and stops them after.
 
 - `TelemetryCache` (always): the last value of each numeric telemetry key, for /metrics.
-- `MqttSink` (when `[mqtt] url` is set): rx, telemetry and status topics, tx commands.
+- `MqttSink` (when `[mqtt] url` is set): rx, telemetry and status topics, tx commands,
+  on the gateway's one connection to that broker (gateway/broker.py).
 - `Recorder` (when a device has `record = "path"`): a JSON-lines recording per device.
 """
 
@@ -19,10 +20,13 @@ from .telemetry import TelemetryCache
 def build_sinks(gateway) -> list[Sink]:
     sinks: list[Sink] = [TelemetryCache()]
     config = gateway.config
-    if config.mqtt.url and any(link.config.kind != "mqtt" for link in gateway.links.values()):
+    if config.mqtt.url:
         from .mqtt import MqttSink  # paho-mqtt is imported only when MQTT is configured
+        from ..transports.mqtt import parse_broker
+        from urllib.parse import urlsplit
 
-        sinks.append(MqttSink(config.mqtt, gateway))
+        conn = gateway.brokers.get(parse_broker(urlsplit(config.mqtt.url)))
+        sinks.append(MqttSink(config.mqtt, gateway, conn))
     recorded = {name: link.config.record for name, link in gateway.links.items() if link.config.record}
     if recorded:
         from .recording import Recorder

@@ -5,25 +5,28 @@ Per device NAME, under the configured PREFIX:
 
 - `PREFIX/NAME/rx`: each line's raw bytes, without terminator (QoS 0);
 - `PREFIX/NAME/telemetry`: `{"ts": ..., "seq": N, "data": {...}}` for telemetry lines (QoS 0);
-- `PREFIX/NAME/status`: `{"state": "connected" | "reconnecting" | "disconnected", "ts": ...}`,
-  retained, QoS 1, published at every change and after every (re)connect; the last
-  will `{"state": "offline"}` marks the device offline when the gateway dies;
+- `PREFIX/NAME/status`: `{"state": "connected" | "reconnecting" | "disconnected", "ts": ...,
+  "gateway": ID}`, retained, QoS 1, published at every change and after every
+  (re)connect. There is no per-device last will: the gateway's own
+  `PREFIX/_gateway/ID/status` (gateway/broker.py) carries the will, `{"state": "offline"}`,
+  so a reader of a device's status also follows its gateway's (ID is in the payload);
 - `PREFIX/NAME/tx`: subscribed (QoS 1); each line of a message is written to the device,
   through the device's allowlist. A retained command waiting on the broker when the
   sink subscribes is ignored (it would run again at every reconnect).
 - with `discovery = true`, Home Assistant discovery: a retained sensor config under
   `DISCOVERY_PREFIX/sensor/NODE/KEY/config` for each numeric key the first time it is
-  seen, and its value on `PREFIX/NAME/telemetry/KEY`.
+  seen, and its value on `PREFIX/NAME/telemetry/KEY`; available while both the gateway's
+  and the device's status say so (`availability_mode: all`).
 
 Devices of kind `mqtt` are skipped: what a gateway read from the broker is never
-published back (no loops).
+published back (no loops). A device added at run time gets its topics at its first
+state change.
 
-One paho client per device, because a last will covers one topic; each runs paho's
-network thread ("paho-mqtt-client-CLIENT_ID-NAME"; CLIENT_ID defaults to gateway-RUN),
-which reconnects with backoff (0.2 s doubling to 5 s). The device reader only appends records to a bounded deque per device
-(`buffer` lines; when full the oldest are dropped and counted); the "mqtt-sink" thread
-publishes them while the device's client is connected, with at most WINDOW QoS 0
-messages handed to paho and not yet written, so a slow broker cannot make paho's own
+All devices share the gateway's one connection to the broker (gateway/broker.py), whose
+network thread is paho's. The device reader only appends records to a bounded deque per
+device (`buffer` lines; when full the oldest are dropped and counted); the "mqtt-sink"
+thread publishes them while the broker is connected, with at most WINDOW QoS 0 messages
+per device handed to paho and not yet written, so a slow broker cannot make paho's own
 queue grow without bound. Messages paho held when a connection broke are counted as
 dropped too. Nothing here calls paho while holding `_cond`: paho calls back into us
 holding its own locks.
@@ -38,7 +41,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from paho.mqtt.client import MQTT_ERR_NO_CONN
 
@@ -46,7 +48,7 @@ from ..codec import LineError, encode_line, split_client_text
 from ..config import MqttConfig
 from ..device import WriteRequest
 from ..hub import Record, State
-from ..transports.mqtt import Broker, end_client, new_client, parse_broker
+from ..transports.mqtt import gateway_status_topic
 from .base import Sink
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
-def discovery_config(cfg: MqttConfig, device: str, kind: str, key: str) -> tuple[str, dict]:
-    """Home Assistant's MQTT discovery topic and payload for one numeric telemetry key."""
+def discovery_config(cfg: MqttConfig, device: str, kind: str, key: str, gateway_id: str) -> tuple[str, dict]:
+    """Home Assistant's MQTT discovery topic and payload for one numeric telemetry key:
+    available while the gateway is online and the device connected."""
     node = slug(f"{cfg.prefix}_{device}")
     obj = slug(key)
     base = f"{cfg.prefix}/{device}"
@@ -86,97 +89,61 @@ def discovery_config(cfg: MqttConfig, device: str, kind: str, key: str) -> tuple
         "unique_id": f"{node}_{obj}",
         "state_topic": f"{base}/telemetry/{key}",
         "state_class": "measurement",
-        "availability": [{
-            "topic": f"{base}/status",
-            "value_template": "{{ 'online' if value_json.state == 'connected' else 'offline' }}",
-        }],
-        "device": {"identifiers": [node], "name": device, "model": f"{kind}:// device", "manufacturer": "gateway"},
+        "availability": [
+            {"topic": gateway_status_topic(cfg.prefix, gateway_id),
+             "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}"},
+            {"topic": f"{base}/status",
+             "value_template": "{{ 'online' if value_json.state == 'connected' else 'offline' }}"},
+        ],
+        "availability_mode": "all",
+        "device": {"identifiers": [node], "name": device, "model": f"{kind}:// device", "manufacturer": "gateway",
+                   "via_device": gateway_id},
         "origin": {"name": "gateway"},
     }
 
 
 class _Channel:
-    """One device's client, queue and counters."""
+    """One device's topics, queue and counters."""
 
-    def __init__(self, sink: "MqttSink", link, client_id: str):
+    def __init__(self, sink: "MqttSink", name: str, kind: str, state: State):
         cfg = sink.config
         self.sink = sink
-        self.link = link
-        self.name = link.name
+        self.name = name
+        self.kind = kind
         base = f"{cfg.prefix}/{self.name}"
         self.topic_rx, self.topic_telemetry = f"{base}/rx", f"{base}/telemetry"
         self.topic_status, self.topic_tx = f"{base}/status", f"{base}/tx"
         self.queue: deque[Record] = deque(maxlen=max(1, cfg.buffer))  # guarded by sink._cond
-        self.state: State = link.state  # the newest state; guarded by sink._cond
+        self.state: State = state  # the newest state; guarded by sink._cond
         self.status_due = True  # publish the status at the next chance
-        self.epoch = 0  # +1 per connection
-        self.stats = MqttStats()
+        self.stats = MqttStats(connected=sink.conn.connected)
         # Only the sink's thread touches these:
         self.inflight: deque[tuple[object, int]] = deque()  # (MQTTMessageInfo, epoch)
         self.status_info = None
-        self.wake_mid = None  # on_publish of this message wakes the sink's thread
         self.known_keys: dict[str, None] = {}  # numeric keys announced, in order
         self.announced_epoch = -1  # the connection they were last announced on
-        self.client = new_client(client_id, sink.broker, cfg.keepalive)
-        self.client.will_set(self.topic_status, json.dumps({"state": "offline"}), qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self._failing = False
+        self.subscription = sink.conn.subscribe(self.topic_tx, 1, self._on_message)
 
     # -- paho's thread --------------------------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("mqtt %s: broker refused device %s: %s", self.sink.broker.describe(), self.name, reason_code)
-            return
-        client.subscribe(self.topic_tx, qos=1)
-        log.info("mqtt %s: device %s published as %s/", self.sink.broker.describe(), self.name,
-                 self.topic_rx.rsplit("/", 1)[0])
-        self._failing = False
-        with self.sink._cond:
-            self.stats.connected = True
-            self.stats.connects += 1
-            self.epoch += 1
-            self.status_due = True
-            self.sink._cond.notify_all()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self.sink._cond:
-            was = self.stats.connected
-            self.stats.connected = False
-            stopping = self.sink._stopping
-        if was and not stopping:
-            log.warning("mqtt %s: device %s lost the broker (%s); reconnecting",
-                        self.sink.broker.describe(), self.name, reason_code)
-
-    def _on_connect_fail(self, client, userdata) -> None:
-        if not self._failing:
-            log.warning("mqtt %s: cannot connect for device %s (retrying with backoff)",
-                        self.sink.broker.describe(), self.name)
-            self._failing = True
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if mid == self.wake_mid or self.sink._stopping:  # read unlocked: a miss costs one short wait
-            with self.sink._cond:
-                self.sink._cond.notify_all()
-
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, msg) -> None:
         stats = self.stats
+        link = self.sink.links().get(self.name)
+        if link is None:
+            stats.commands_refused += 1
+            return
         if msg.retain:
             stats.commands_refused += 1
             log.warning("mqtt: ignored a retained message on %s (commands must not be retained)", msg.topic)
             return
-        cfg = self.link.config
+        cfg = link.config
         try:
             text = msg.payload.decode(cfg.encoding)
         except UnicodeDecodeError:
             stats.commands_refused += 1
             log.warning("mqtt: %s: message is not valid %s; not written", msg.topic, cfg.encoding)
             return
-        allow = getattr(self.link, "allow", None)
+        allow = getattr(link, "allow", None)
         for line in split_client_text(text):
             try:
                 if allow is not None and not allow.allows(line):
@@ -186,7 +153,7 @@ class _Channel:
                 stats.commands_refused += 1
                 log.warning("mqtt: %s: %s", msg.topic, exc)
                 continue
-            error = self.link.submit(WriteRequest(data))
+            error = link.submit(WriteRequest(data))
             if error is None:
                 stats.commands += 1
             else:
@@ -197,18 +164,31 @@ class _Channel:
 class MqttSink(Sink):
     thread_name = "mqtt-sink"
 
-    def __init__(self, config: MqttConfig, gateway):
+    def __init__(self, config: MqttConfig, gateway, conn):
+        """`conn`: the gateway's connection to the `[mqtt] url` broker (gateway/broker.py)."""
         self.config = config
-        self.broker: Broker = parse_broker(urlsplit(config.url))
+        self.conn = conn
+        self.gateway_id = gateway.gateway_id
+        self.links = lambda: gateway.links  # replaced as a whole when devices come and go
         self._cond = threading.Condition()
         self._stopping = False
         self._stop_deadline = 0.0
-        client_id = config.client_id or f"gateway-{gateway.run_id}"
-        self.channels: dict[str, _Channel] = {
-            name: _Channel(self, link, f"{client_id}-{name}")
-            for name, link in gateway.links.items() if link.config.kind != "mqtt"
-        }
+        self.epoch = 0  # +1 per connection (guarded by _cond)
+        self._wake_mids: set[int] = set()  # on_publish of one of these wakes the sink's thread
+        self.channels: dict[str, _Channel] = {}  # replaced, never changed in place
+        for name, link in gateway.links.items():
+            self._add_channel(name, link.config.kind, link.state)
         self._thread = threading.Thread(target=self._run, name=self.thread_name)
+
+    def _add_channel(self, name: str, kind: str, state: State) -> _Channel | None:
+        if kind == "mqtt":
+            return None
+        with self._cond:
+            ch = self.channels.get(name)
+            if ch is None:
+                ch = _Channel(self, name, kind, state)
+                self.channels = {**self.channels, name: ch}
+            return ch
 
     @property
     def stats(self) -> dict[str, MqttStats]:
@@ -216,6 +196,26 @@ class MqttSink(Sink):
 
     def buffered(self, device: str) -> int:
         return len(self.channels[device].queue)
+
+    # -- paho's thread: the shared connection came or went ----------------------------------
+
+    def _on_broker(self, up: bool) -> None:
+        with self._cond:
+            if up:
+                self.epoch += 1
+            for ch in self.channels.values():
+                if up:
+                    ch.stats.connects += 1
+                    ch.status_due = True
+                ch.stats.connected = up
+            self._cond.notify_all()
+        if up:
+            log.info("mqtt %s: devices published under %s/", self.conn.describe(), self.config.prefix)
+
+    def _on_publish(self, mid) -> None:
+        if mid in self._wake_mids or self._stopping:  # read unlocked: a miss costs one short wait
+            with self._cond:
+                self._cond.notify_all()
 
     # -- hub.Listener: the device's reader thread -------------------------------------------
 
@@ -234,7 +234,9 @@ class MqttSink(Sink):
     def on_state(self, device: str, state: State) -> None:
         ch = self.channels.get(device)
         if ch is None:
-            return
+            link = self.links().get(device)
+            if link is None or (ch := self._add_channel(device, link.config.kind, state)) is None:
+                return
         with self._cond:
             ch.state = state
             ch.status_due = True
@@ -243,15 +245,20 @@ class MqttSink(Sink):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        for ch in self.channels.values():
+        for name, ch in self.channels.items():
+            link = self.links().get(name)
             with self._cond:
-                ch.state = ch.link.state
-            ch.client.connect_async(self.broker.host, self.broker.port, self.config.keepalive)
-            ch.client.loop_start()
+                if link is not None:
+                    ch.state = link.state
+        self.conn.watch(self._on_broker)
+        self.conn.on_published(self._on_publish)
+        if self.conn.connected:
+            self._on_broker(True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish what is queued (at most STOP_FLUSH s), then disconnect cleanly."""
+        """Publish what is queued (at most STOP_FLUSH s); the gateway then closes the
+        connection (gateway/broker.py)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._stopping = True
@@ -261,8 +268,8 @@ class MqttSink(Sink):
             self._thread.join(max(0.1, deadline - time.monotonic()))
             if self._thread.is_alive():
                 log.warning("mqtt: thread %s did not stop within %.1f s", self._thread.name, timeout)
-        for ch in self.channels.values():
-            end_client(ch.client)
+        self.conn.unwatch(self._on_broker)
+        self.conn.on_published(None)
 
     # -- the sink's thread ------------------------------------------------------------------
 
@@ -283,8 +290,8 @@ class MqttSink(Sink):
                     records = []
                     if len(ch.inflight) <= REFILL:  # refill in batches, not a message at a time
                         records = [ch.queue.popleft() for _ in range(min(REFILL, len(ch.queue)))]
-                    if status is not None or records or (self.config.discovery and ch.announced_epoch != ch.epoch):
-                        jobs.append((ch, ch.epoch, status, records))
+                    if status is not None or records or (self.config.discovery and ch.announced_epoch != self.epoch):
+                        jobs.append((ch, self.epoch, status, records))
                 if not jobs:
                     if stopping and (self._flushed() or time.monotonic() >= self._stop_deadline):
                         return
@@ -303,13 +310,12 @@ class MqttSink(Sink):
         """For each device with lines waiting on a full window, ask its on_publish to wake
         us when the window is half free (with _cond held). True if any was armed; the wait
         is then short, since paho may have written that message just before we asked."""
-        armed = False
+        wake = set()
         for ch in self.channels.values():
-            ch.wake_mid = None
             if ch.queue and len(ch.inflight) > REFILL:
-                ch.wake_mid = ch.inflight[len(ch.inflight) - REFILL - 1][0].mid
-                armed = True
-        return armed or self._stopping
+                wake.add(ch.inflight[len(ch.inflight) - REFILL - 1][0].mid)
+        self._wake_mids = wake
+        return bool(wake) or self._stopping
 
     def _flushed(self) -> bool:
         """Nothing left that could still reach the broker (called with _cond held)."""
@@ -330,7 +336,7 @@ class MqttSink(Sink):
             info, epoch = inflight[0]
             if info.is_published():
                 inflight.popleft()
-            elif epoch != ch.epoch or not ch.stats.connected:
+            elif epoch != self.epoch or not ch.stats.connected:
                 inflight.popleft()
                 lost += 1
             else:
@@ -340,7 +346,7 @@ class MqttSink(Sink):
                 ch.stats.dropped += lost
 
     def _send(self, ch: _Channel, epoch: int, topic: str, payload, qos: int = 0, retain: bool = False):
-        info = ch.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.conn.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTT_ERR_NO_CONN and qos:
             ch.stats.published += 1  # paho holds it and sends it after the reconnect
             return None
@@ -356,7 +362,7 @@ class MqttSink(Sink):
     def _publish(self, ch: _Channel, epoch: int, status: State | None, records: list[Record]) -> None:
         discovery = self.config.discovery
         if status is not None:
-            payload = json.dumps({"state": status.value, "ts": round(time.time(), 3)})
+            payload = json.dumps({"state": status.value, "ts": round(time.time(), 3), "gateway": self.gateway_id})
             ch.status_info = self._send(ch, epoch, ch.topic_status, payload, qos=1, retain=True)
         if discovery and ch.announced_epoch != epoch:
             ch.announced_epoch = epoch  # a new connection: the broker may have lost them
@@ -379,7 +385,7 @@ class MqttSink(Sink):
                     self._send(ch, epoch, f"{ch.topic_telemetry}/{key}", value)
 
     def _announce(self, ch: _Channel, epoch: int, key: str) -> None:
-        topic, config = discovery_config(self.config, ch.name, ch.link.config.kind, key)
+        topic, config = discovery_config(self.config, ch.name, ch.kind, key, self.gateway_id)
         self._send(ch, epoch, topic, json.dumps(config), qos=1, retain=True)
 
 

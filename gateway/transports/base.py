@@ -8,6 +8,10 @@ link (gateway/device.py) owns one transport and drives it one of two ways:
   loop then calls `fileno()`, `read_nowait()`, `try_write()` and `close()`, and
   `finish_open()` once the descriptor is writable if `connecting` was set. A listening
   transport (tcp-listen) also has `listen_fileno()` and `accept()`.
+- `pushes` (mqtt://, on a connection the gateway shares): the link calls `attach(side)`
+  once on the loop; the transport then calls `side.up()`, `side.data(payload)` and
+  `side.down(state, reason)` from its own thread, and the link writes with
+  `write_async(data, done)`, `done(error or None)` from any thread; `release()` detaches.
 - otherwise: one thread of the link's own calls `open()`, `read()`, `write()` and
   `close()`; the loop calls `wakeup()` to have a blocked `read()` return early (a write
   is waiting), and `cancel()` at shutdown.
@@ -46,6 +50,8 @@ class Transport:
     #: `read(None)` blocks until there is data or `wakeup()`/`cancel()` is called, not
     #: READ_TIMEOUT at most: an idle device then wakes no thread.
     wakes_up = False
+    #: A push transport (see the module docstring): no descriptor, no thread.
+    pushes = False
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         """Check `url` and `options`; raise ValueError naming what is wrong. No I/O."""

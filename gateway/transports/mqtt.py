@@ -2,17 +2,18 @@
 
 Another gateway's device (its MQTT sink publishes the lines), or firmware that speaks
 MQTT itself. Lines arrive on `PREFIX/NAME/rx`, one message per line; writes are
-published to `PREFIX/NAME/tx` (QoS 1; a write returns once the broker acknowledged it).
-The device counts as connected while the broker link is up and the owner's retained
-`PREFIX/NAME/status` says `connected` (or `online`, for firmware that says so);
-`?status=ignore` drops the second condition, for firmware that publishes no status.
+published to `PREFIX/NAME/tx` (QoS 1; a write is done once the broker acknowledged it).
+The device counts as connected while the broker link is up, the owner's retained
+`PREFIX/NAME/status` says `connected` (or `online`, for firmware that says so) and the
+owner gateway's `PREFIX/_gateway/ID/status` does not say `offline` (its last will, or a
+clean stop; ID comes from `?owner=ID` or from the `gateway` field of the device's
+status). `?status=ignore` drops the status conditions, for firmware that publishes none.
 
-One paho-mqtt client per transport, made at the first `open()` and kept across
-reconnects (paho reconnects to the broker itself, 0.2 s doubling to 5 s); its network
-thread is paho's own ("paho-mqtt-client-gateway-HEX-NAME"), ended by `release()`. While
-the device is not connected `open()` raises `NotConnectedYet` after waiting up to a second, so the
-device link shows "reconnecting" and asks again; when it goes away, `read()` raises
-`TransportError` after handing over every line that came before.
+No client and no thread of its own: the device uses the gateway's one connection to the
+broker (gateway/broker.py), and is a "push" transport for the device link (device.py):
+paho's thread hands it the messages, the link is told `up()`, `data(payload)` and
+`down(state, reason)` (`reconnecting` while the broker is away, `disconnected` while the
+owner gateway is offline or says its device is disconnected).
 
 Userinfo in the URL (`mqtt://user:password@host:1883/...`) logs in.
 """
@@ -21,23 +22,17 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote
 
 from ..counts import parse_count
-from .base import READ_TIMEOUT, NotConnectedYet, Transport, TransportError, WriteTimeout
+from .base import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 CONNECTED_STATES = ("connected", "online")
-OPEN_WAIT = 1.0  # seconds open() waits for the device before raising NotConnectedYet
-WRITE_TIMEOUT = 5.0  # seconds a write waits for the broker's PUBACK
-INBOX = 10000  # lines held for the reader; beyond, counted drops
 RECONNECT_MIN, RECONNECT_MAX = 0.2, 5.0
 CONNECT_TIMEOUT = 3.0
 
@@ -75,6 +70,11 @@ def check_topic_part(text: str, what: str) -> None:
         raise ValueError(f"{what} {text!r} must be non-empty, without '#', '+' or NUL")
 
 
+def gateway_status_topic(prefix: str, gateway_id: str) -> str:
+    """The retained availability topic of gateway `gateway_id` (with its last will)."""
+    return f"{prefix}/_gateway/{gateway_id}/status"
+
+
 def new_client(client_id: str, broker: Broker, keepalive: int):
     """A paho client, not connected yet, reconnecting with our backoff."""
     import paho.mqtt.client as mqtt
@@ -100,18 +100,14 @@ def end_client(client) -> None:
     client.loop_stop()
 
 
-class _Lost:
-    """Put in the inbox when the device goes away: read() raises after the lines before it."""
-
-    __slots__ = ("epoch", "reason")
-
-    def __init__(self, epoch: int, reason: str):
-        self.epoch = epoch
-        self.reason = reason
-
-
 class MqttTransport(Transport):
+    """An `mqtt://` device on the gateway's shared connection to its broker: a "push"
+    transport (device.py): no descriptor, no thread; what arrives is handed to the link
+    from paho's thread (`attach`), writes are published and acknowledged asynchronously
+    (`write_async`)."""
+
     message_oriented = True
+    pushes = True
 
     def __init__(self, url: SplitResult, options: dict[str, str]):
         super().__init__(url, options)
@@ -125,189 +121,174 @@ class MqttTransport(Transport):
         for part in parts:
             check_topic_part(part, "topic level")
         self.require_status = True
-        self.keepalive = 30
+        self.owner: str | None = None  # the owner gateway's id: from ?owner= or its status messages
         for key, value in options.items():
             if key == "status":
                 if value not in ("require", "ignore"):
                     raise ValueError(f"status must be 'require' or 'ignore', not {value!r}")
                 self.require_status = value == "require"
-            elif key == "keepalive":
+            elif key == "keepalive":  # accepted, ignored: the shared connection has [mqtt] keepalive
                 try:
-                    self.keepalive = parse_count(value, 5, 3600)
+                    parse_count(value, 5, 3600)
                 except ValueError:
                     raise ValueError(f"keepalive must be 5 to 3600 seconds, not {value!r}") from None
+            elif key == "owner":
+                check_topic_part(value, "owner")
+                self.owner = value
             else:
-                raise ValueError(f"unknown mqtt option {key!r} (known: status, keepalive)")
+                raise ValueError(f"unknown mqtt option {key!r} (known: status, keepalive, owner)")
         base = f"{self.prefix}/{self.name}"
         self.topic_rx, self.topic_tx, self.topic_status = f"{base}/rx", f"{base}/tx", f"{base}/status"
-        self._cond = threading.Condition()
-        self._inbox: deque[bytes | _Lost] = deque()  # guarded by _cond
-        self._woken = False  # wakeup() since the last read (guarded by _cond)
-        self._client = None
+        self.pool = None  # the gateway's BrokerPool (gateway/broker.py), set before attach()
+        self._conn = None
+        self._link = None  # device.py's push side: up(), data(payload), down(state_name, reason)
+        self._lock = threading.Lock()
+        self._subs: list = []
+        self._owner_sub = None
         self._broker_up = False
-        self._owner_state: str | None = None
-        self._up = False
-        self._epoch = 0  # +1 each time the device comes up
-        self._open_epoch = -1  # the epoch the reader opened
-        self._cancelled = False
-        self.dropped = 0  # lines lost: inbox full, or arrived while the device was down
+        self._device_state: str | None = None  # the owner's PREFIX/NAME/status
+        self.owner_state: str | None = None  # the owner gateway's PREFIX/_gateway/ID/status
+        self._shown: str | None = None  # "up", or the state name last handed to the link
+        self.dropped = 0  # lines lost: arrived while the device was down, or the loop was behind
 
     def describe(self) -> str:
         return f"{self.broker.describe()}/{self.prefix}/{self.name}"
 
-    # -- paho's thread ------------------------------------------------------------------
+    def use_brokers(self, pool) -> None:
+        self.pool = pool
 
-    def _update(self) -> None:
-        """Recompute up/down; called with _cond held."""
-        up = self._broker_up and (not self.require_status or self._owner_state in CONNECTED_STATES)
-        if up == self._up:
-            return
-        self._up = up
-        if up:
-            self._epoch += 1
-        else:
-            if not self._broker_up:
-                reason = f"broker {self.broker.describe()} lost"
-            else:
-                reason = f"owner of {self.prefix}/{self.name} is {self._owner_state or 'unknown'}"
-            self._inbox.append(_Lost(self._epoch, reason))
-        self._cond.notify_all()
+    # -- the link (loop) --------------------------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("mqtt device %s: broker refused the connection: %s", self.describe(), reason_code)
-            return
-        client.subscribe([(self.topic_rx, 0), (self.topic_status, 1)])
-        with self._cond:
-            self._broker_up = True
-            self._owner_state = None  # the retained status comes with the subscription
-            self._update()
+    def attach(self, link) -> None:
+        """Start following the device: `link.up()`, `link.data(payload)`,
+        `link.down(state, reason)` from paho's thread from now on."""
+        if self.pool is None:
+            raise TransportError("mqtt:// devices need the gateway's broker connections (use_brokers)")
+        self._link = link
+        conn = self._conn = self.pool.get(self.broker)
+        conn.watch(self._on_broker)
+        self._subs = [conn.subscribe(self.topic_rx, 0, self._on_rx)]
+        if self.require_status:
+            self._subs.append(conn.subscribe(self.topic_status, 1, self._on_status))
+        if self.owner:
+            self._follow_owner(self.owner)
+        self._on_broker(conn.connected)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._cond:
-            self._broker_up = False
-            self._owner_state = None
-            self._update()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        if msg.topic == self.topic_status:
-            state = _state_of(msg.payload)
-            with self._cond:
-                self._owner_state = state
-                self._update()
-            return
-        with self._cond:
-            if not self._up or len(self._inbox) >= INBOX:
-                self.dropped += 1
-                return
-            # An empty message is an empty line; the link ends a line at each message.
-            self._inbox.append(msg.payload or b"\n")
-            self._cond.notify_all()
-
-    # -- the device link's threads --------------------------------------------------------
-
-    def _ensure_client(self) -> None:
-        if self._client is not None:
-            return
-        client = new_client(f"gateway-{secrets.token_hex(4)}-{self.name}", self.broker, self.keepalive)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.connect_async(self.broker.host, self.broker.port, self.keepalive)
-        client.loop_start()
-        self._client = client
-
-    def open(self) -> None:
-        if self._cancelled:
-            raise TransportError("cancelled")
-        self._ensure_client()
-        deadline = time.monotonic() + OPEN_WAIT
-        with self._cond:
-            while not self._up:
-                remaining = deadline - time.monotonic()
-                if self._cancelled:
-                    raise TransportError("cancelled")
-                if remaining <= 0:
-                    if not self._broker_up:
-                        raise NotConnectedYet(f"waiting for broker {self.broker.describe()}")
-                    raise NotConnectedYet(f"waiting for {self.topic_status} to say connected "
-                                          f"(it says {self._owner_state or 'nothing'})")
-                self._cond.wait(remaining)
-            self._open_epoch = self._epoch
-
-    wakes_up = True
-
-    def wakeup(self) -> None:
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
-
-    def read(self, timeout: float | None = READ_TIMEOUT) -> bytes:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._cancelled:
-                    raise TransportError("cancelled")
-                if self._woken:
-                    self._woken = False
-                    return b""
-                if self._inbox:
-                    item = self._inbox.popleft()
-                    if isinstance(item, _Lost):
-                        if item.epoch == self._open_epoch:
-                            raise TransportError(item.reason)
-                        continue  # from an earlier connection, already handled
-                    return item
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return b""
-                self._cond.wait(remaining)
-
-    def write(self, data: bytes) -> None:
-        # The device link adds the device's eol; on the tx topic a message is a line.
-        for eol in (b"\r\n", b"\n", b"\r"):
+    def write_async(self, data: bytes, done) -> None:
+        """Publish one line on the tx topic (QoS 1); `done(error or None)` from any thread
+        once the broker acknowledged it."""
+        for eol in (b"\r\n", b"\n", b"\r"):  # the link adds the eol; on tx a message is a line
             if data.endswith(eol):
                 data = data[: -len(eol)]
                 break
-        client = self._client
-        if client is None or not self._up:
-            raise TransportError(f"{self.describe()} is not connected")
-        info = client.publish(self.topic_tx, data, qos=1)
-        if info.rc:
-            raise TransportError(f"publish to {self.topic_tx} failed (paho error {info.rc})")
-        try:
-            info.wait_for_publish(WRITE_TIMEOUT)
-        except (RuntimeError, ValueError) as exc:
-            raise TransportError(f"publish to {self.topic_tx} failed: {exc}") from None
-        if not info.is_published():
-            raise WriteTimeout(f"broker did not acknowledge {self.topic_tx} within {WRITE_TIMEOUT:g} s")
+        conn = self._conn
+        if conn is None or self._shown != "up":
+            done(TransportError(f"{self.describe()} is not connected"))
+            return
 
-    def cancel(self) -> None:
-        with self._cond:
-            self._cancelled = True
-            self._cond.notify_all()
+        def acked(error: BaseException | None) -> None:
+            done(None if error is None else TransportError(f"publish to {self.topic_tx} failed: {error}"))
 
-    def close(self) -> None:
-        """The device went away; the broker link stays, to see it come back."""
+        conn.publish_acked(self.topic_tx, data, acked)
 
     def release(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            end_client(client)
-        with self._cond:
-            self._broker_up = self._up = False
+        conn, self._conn = self._conn, None
+        self._link = None
+        if conn is None:
+            return
+        conn.unwatch(self._on_broker)
+        for sub in self._subs + ([self._owner_sub] if self._owner_sub else []):
+            conn.unsubscribe(sub)
+        self._subs, self._owner_sub = [], None
+
+    def close(self) -> None:
+        """Nothing to close: the connection is the gateway's."""
+
+    # -- paho's thread ----------------------------------------------------------------------
+
+    def _follow_owner(self, owner: str) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        old, self._owner_sub = self._owner_sub, None
+        if old is not None:
+            conn.unsubscribe(old)
+        self.owner = owner
+        self.owner_state = None
+        self._owner_sub = conn.subscribe(gateway_status_topic(self.prefix, owner), 1, self._on_owner)
+
+    def _on_broker(self, up: bool) -> None:
+        with self._lock:
+            self._broker_up = up
+            if not up:
+                self._device_state = None  # retained ones come again with the subscription
+        self._update()
+
+    def _on_status(self, msg) -> None:
+        state, gateway = _status_of(msg.payload)
+        with self._lock:
+            self._device_state = state
+        if gateway and gateway != self.owner:
+            self._follow_owner(gateway)
+        self._update()
+
+    def _on_owner(self, msg) -> None:
+        state, _ = _status_of(msg.payload)
+        with self._lock:
+            self.owner_state = state
+        self._update()
+
+    def _on_rx(self, msg) -> None:
+        link = self._link
+        if link is None or self._shown != "up":
+            self.dropped += 1
+            return
+        # An empty message is an empty line; the link ends a line at each message.
+        if not link.data(msg.payload or b"\n"):
+            self.dropped += 1
+
+    def _update(self) -> None:
+        """Work out up or down, and tell the link when that changed."""
+        with self._lock:
+            if not self._broker_up:
+                shown, reason = "reconnecting", f"broker {self.broker.describe()} lost"
+            elif self.owner_state == "offline":
+                shown, reason = "disconnected", f"gateway {self.owner} is offline"
+            elif self.require_status and self._device_state not in CONNECTED_STATES:
+                said = self._device_state or "nothing"
+                shown = "disconnected" if said in ("disconnected", "offline", "removed") else "reconnecting"
+                reason = f"{self.topic_status} says {said}"
+            else:
+                shown, reason = "up", ""
+            if shown == self._shown:
+                return
+            self._shown = shown
+            link = self._link
+        if link is None:
+            return
+        if shown == "up":
+            link.up()
+        else:
+            link.down(shown, reason)
 
 
-def _state_of(payload: bytes) -> str | None:
-    """The state in a status message: {"state": "..."} or a bare word; None when empty."""
+def _status_of(payload: bytes) -> tuple[str | None, str | None]:
+    """(state, gateway) of a status message: {"state": ..., "gateway": ...} or a bare word."""
     if not payload:
-        return None
+        return None, None
     try:
         obj = json.loads(payload)
     except ValueError:
-        return payload.decode("utf-8", "replace").strip().lower() or None
-    if isinstance(obj, dict) and isinstance(obj.get("state"), str):
-        return obj["state"]
+        return payload.decode("utf-8", "replace").strip().lower() or None, None
+    if isinstance(obj, dict):
+        state = obj.get("state") if isinstance(obj.get("state"), str) else None
+        gateway = obj.get("gateway") if isinstance(obj.get("gateway"), str) else None
+        if gateway is not None:
+            try:
+                check_topic_part(gateway, "gateway")
+            except ValueError:
+                gateway = None
+        return state, gateway
     if isinstance(obj, str):
-        return obj
-    return None
+        return obj, None
+    return None, None
