@@ -110,6 +110,13 @@ def broker_connections(broker_port: int, pids: list[int]) -> tuple[int, list[int
     return held, per
 
 
+def log_tail(path: Path) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-2:])
+    except OSError:
+        return f"(no {path})"
+
+
 def api_devices(port: int) -> list[dict]:
     with urllib.request.urlopen(f"http://{HOST}:{port}/api/devices", timeout=10) as r:
         return json.load(r)
@@ -330,8 +337,8 @@ def scenario_three(target: str, opts, logs: Path) -> dict:
                 if gid in connected:
                     continue
                 if server.poll() is not None:
-                    raise RuntimeError(f"gateway {gid} exited with {server.returncode} "
-                                       f"(see {logs / f'gateway-three-{gid}.log'})")
+                    raise RuntimeError(f"gateway {gid} exited with {server.returncode}: "
+                                       f"{log_tail(logs / f'gateway-three-{gid}.log')}")
                 try:
                     items = api_devices(port)
                 except OSError:
@@ -422,8 +429,12 @@ def mib(kib) -> float | None:
     return kib / 1024 if kib else None
 
 
+def num(v) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else perf.fmt(v)
+
+
 def each(values, f=lambda v: v, sep=" / ") -> str:
-    return sep.join(perf.fmt(f(v)) for v in values) if values else "-"
+    return sep.join(num(f(v)) for v in values) if values else "-"
 
 
 def errors(r: dict) -> str | None:
@@ -490,7 +501,9 @@ def cell(r: dict, get) -> tuple[str, object]:
         v = get(r)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         v = None
-    return perf.fmt(v) if not isinstance(v, bool) else ("yes" if v else "NO"), v
+    if isinstance(v, bool):
+        return ("yes" if v else "NO"), v
+    return num(v), v
 
 
 def table(results: dict, scenarios: list[str], targets: list[str], opts) -> list[str]:
@@ -546,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=20, help="three: round trips from C to a device of A")
     p.add_argument("--discover-seconds", type=float, default=180, help="three: deadline for discovery")
     p.add_argument("--python", metavar="PATH", help="the gateway's interpreter (as run.py's --python)")
+    p.add_argument("--gateway-root", metavar="DIR", type=Path, default=perf.ROOT,
+                   help="the checkout whose gateway is `gateway` (default: this one)")
     p.add_argument("--json", metavar="FILE", help="also write every result to FILE")
     opts = p.parse_args(argv)
     q = opts.quick
@@ -561,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
     if "gateway" not in targets and any(s != "one" for s in scenarios):
         targets.insert(0, "gateway")
+    perf.GATEWAY_ROOT = opts.gateway_root.resolve()
     perf.ensure_node()
     fds = perf.raise_fd_limit(max(opts.devices, opts.per_gateway * 3) * 4 + 1000)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-fleet-"))
