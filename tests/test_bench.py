@@ -58,6 +58,7 @@ def test_three_gateways_one_broker_discovery(tmp_path):
     res = fleet(tmp_path, "three")
     assert set(res["listed_s"]) == {"A", "B", "C"} and res["remote_owner_ok"] is True
     assert res["request_replies"] == res["request_sent"] == 20, res.get("request_errors")
+    assert res["request_p50_ms"] < 20  # no 40 ms delayed ACK on either side of the broker (TCP_NODELAY)
     assert res["broker_connections"] == 3 and res["broker_connections_per_gateway"] == [1, 1, 1]
 
 
