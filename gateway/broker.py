@@ -46,13 +46,14 @@ STOP_PUBLISH_WAIT = 1.0  # seconds stop() waits for the "offline" status to be a
 
 
 class Subscription:
-    __slots__ = ("topic", "qos", "callback", "wildcard")
+    __slots__ = ("topic", "qos", "callback", "wildcard", "replay")
 
-    def __init__(self, topic: str, qos: int, callback: Callable):
+    def __init__(self, topic: str, qos: int, callback: Callable, replay: bool = False):
         self.topic = topic
         self.qos = qos
         self.callback = callback
         self.wildcard = "+" in topic or "#" in topic
+        self.replay = replay
 
 
 class BrokerConnection:
@@ -72,6 +73,7 @@ class BrokerConnection:
         self._wild: list[Subscription] = []
         self._watchers: list[Callable[[bool], None]] = []
         self._published: Callable[[int], None] | None = None  # the sink's on_publish
+        self._last: dict[str, object] = {}  # replayed topics: their newest message (guarded by _lock)
         self._acks: dict[int, Callable] = {}  # mid -> done, for publish_acked
         self._early: set[int] = set()  # mids acknowledged before publish_acked registered them
         self._registering = 0
@@ -119,16 +121,22 @@ class BrokerConnection:
         for done in acks.values():
             done(ConnectionError(f"broker {self.describe()}: gateway stopping"))
 
-    def subscribe(self, topic: str, qos: int, callback: Callable) -> Subscription:
-        sub = Subscription(topic, qos, callback)
+    def subscribe(self, topic: str, qos: int, callback: Callable, replay: bool = False) -> Subscription:
+        """`replay` (exact topics: a status): a subscriber that joins a topic already
+        subscribed gets its newest message at once, as the broker gave the retained one
+        only to the first."""
+        sub = Subscription(topic, qos, callback, replay)
         with self._lock:
             if sub.wildcard:
                 self._wild = [*self._wild, sub]
             else:
                 self._exact = {**self._exact, topic: [*self._exact.get(topic, ()), sub]}
             first = sub.wildcard or len(self._exact[topic]) == 1
+            last = self._last.get(topic) if replay and not first else None
         if first and self.connected:
             self.client.subscribe(topic, qos)
+        if last is not None:
+            _guard(callback, last)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -143,6 +151,7 @@ class BrokerConnection:
                     exact[sub.topic] = left
                 else:
                     exact.pop(sub.topic, None)
+                    self._last.pop(sub.topic, None)
                 self._exact = exact
                 last = not left
         if last and self.connected and not self._stopping:
@@ -224,6 +233,7 @@ class BrokerConnection:
         with self._lock:
             watchers = self._watchers
             acks, self._acks = self._acks, {}
+            self._last.clear()  # the retained messages come again with the subscriptions
         if was and not self._stopping:
             log.warning("mqtt %s: lost the broker (%s); reconnecting", self.describe(), reason_code)
         for done in acks.values():
@@ -249,7 +259,10 @@ class BrokerConnection:
             _guard(published, mid)
 
     def _on_message(self, client, userdata, msg) -> None:
-        subs = self._exact.get(msg.topic, ())
+        with self._lock:  # with subscribe(): a subscriber joining now gets it one way or the other
+            subs = self._exact.get(msg.topic, ())
+            if subs and subs[0].replay:
+                self._last[msg.topic] = msg
         for sub in subs:
             _guard(sub.callback, msg)
         for sub in self._wild:

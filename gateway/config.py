@@ -441,8 +441,9 @@ def _check_mqtt(mqtt: MqttConfig, where: str) -> None:
         raise _fail(where, "mqtt.buffer", mqtt.buffer, "expected at least 1 message")
     if not 0 <= mqtt.keepalive <= 65535:
         raise _fail(where, "mqtt.keepalive", mqtt.keepalive, "expected 0 to 65535 seconds")
-    if mqtt.discover and not mqtt.url:
-        raise _fail(where, "mqtt.discover", mqtt.discover, "needs [mqtt] url (the broker the gateways share)")
+    if mqtt.discover and not mqtt.url.startswith("mqtt://"):
+        raise _fail(where, "mqtt.discover", mqtt.discover,
+                    "needs [mqtt] url = \"mqtt://HOST:PORT\" (the broker the gateways share; not mqtts://)")
 
 
 def _check_mdns(mdns: MdnsConfig, where: str) -> None:

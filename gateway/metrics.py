@@ -15,6 +15,9 @@ the I/O loop, gateway stats, the sinks): no second bookkeeping. What an operator
     gateway_client_keepalive_drops_total              the I/O loop's counters
     gateway_<stat>_total                              each GatewayStats field
     gateway_mqtt_*{device}, gateway_recording_*{device}   the sinks, when configured
+    gateway_mqtt_broker_connected{broker}             1 while the gateway's one connection to
+    gateway_mqtt_broker_connects_total{broker}          that broker is up; connects made
+    gateway_remote_devices{owner}                     devices of other gateways listed here
     process_*, python_info                            prometheus_client's own collectors
 """
 
@@ -83,6 +86,7 @@ class GatewayCollector:
         yield from self._devices(gw)
         yield from self._gateway_wide(gw)
         yield from self._mqtt(gw)
+        yield from self._fleet(gw)
         yield from self._recording(gw)
 
     # -- telemetry --------------------------------------------------------------------------
@@ -205,6 +209,31 @@ class GatewayCollector:
             for device, s in stats.items():
                 family.add_metric([device], getattr(s, attr))
             yield family
+
+    def _fleet(self, gw):
+        pool = getattr(gw, "brokers", None)
+        conns = pool.connections() if pool is not None else []
+        if conns:
+            up = _gauge("gateway_mqtt_broker_connected", "1 while the gateway's connection to the broker is up",
+                        ("broker",))
+            connects = _counter("gateway_mqtt_broker_connects", "Connections made to the broker (the first, "
+                                "then each reconnect)", ("broker",))
+            for conn in conns:
+                up.add_metric([conn.describe()], 1.0 if conn.connected else 0.0)
+                connects.add_metric([conn.describe()], conn.connects)
+            yield up
+            yield connects
+        owners: dict[str, int] = {}
+        for link in list(gw.links.values()):
+            owner = getattr(link.config, "owner", "")
+            if owner:
+                owners[owner] = owners.get(owner, 0) + 1
+        if owners:
+            remote = _gauge("gateway_remote_devices", "Devices of other gateways listed here (discovered over MQTT)",
+                            ("owner",))
+            for owner, n in sorted(owners.items()):
+                remote.add_metric([owner], n)
+            yield remote
 
     def _recording(self, gw):
         module = sys.modules.get("gateway.sinks.recording")

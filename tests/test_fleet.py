@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import websocket
 
-from conftest import assert_no_gateway_threads, start_process, stop_process, wait_for, ws_url
+from conftest import assert_no_gateway_threads, metric, start_process, stop_process, wait_for
 from gateway.app import Gateway
-from gateway.config import Config, MqttConfig, SerialConfig, ServerConfig, apply_flags
+from gateway.config import Config, DeviceConfig, MqttConfig, SerialConfig, ServerConfig, apply_flags
 from mqtt_broker import Mosquitto, MqttClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +159,13 @@ def test_three_gateways_find_and_drive_each_others_devices(fleet, caplog):
     wait_for(lambda: c_devices_on_a("connected", "online"), 20, 0.05, "C's devices to come back on A")
     assert ping(a.url, "c07") == "PONG"
 
+    assert metric(a, "gateway_remote_devices", owner="gw-c") == COUNT
+    assert metric(a, "gateway_mqtt_broker_connected", broker=fleet.broker.url) == 1
+
+    # A device added on its owner at run time appears everywhere, and works.
+    a.add_device(DeviceConfig(name="a-new", url="sim://?interval=0"))
+    wait_for(lambda: devices_of(url_c).get("a-new", {}).get("state") == "connected", 10, 0.1, "a-new on C")
+    assert ping(url_c, "a-new") == "PONG"
     # A device removed on its owner is removed everywhere.
     a.remove_device("a05")
     wait_for(lambda: "a05" not in b.links, 10, 0.05, "a05 to go from B")

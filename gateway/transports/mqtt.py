@@ -4,10 +4,10 @@ Another gateway's device (its MQTT sink publishes the lines), or firmware that s
 MQTT itself. Lines arrive on `PREFIX/NAME/rx`, one message per line; writes are
 published to `PREFIX/NAME/tx` (QoS 1; a write is done once the broker acknowledged it).
 The device counts as connected while the broker link is up, the owner's retained
-`PREFIX/NAME/status` says `connected` (or `online`, for firmware that says so) and the
-owner gateway's `PREFIX/_gateway/ID/status` does not say `offline` (its last will, or a
-clean stop; ID comes from `?owner=ID` or from the `gateway` field of the device's
-status). `?status=ignore` drops the status conditions, for firmware that publishes none.
+`PREFIX/NAME/status` says `connected` (or `online`, for firmware that says so) and,
+when the owner is a gateway, its `PREFIX/_gateway/ID/status` says `online` (`offline`:
+its last will, or a clean stop; ID comes from `?owner=ID` or from the `gateway` field
+of the device's status). `?status=ignore` drops the status conditions, for firmware that publishes none.
 
 No client and no thread of its own: the device uses the gateway's one connection to the
 broker (gateway/broker.py), and is a "push" transport for the device link (device.py):
@@ -169,7 +169,7 @@ class MqttTransport(Transport):
         conn.watch(self._on_broker)
         self._subs = [conn.subscribe(self.topic_rx, 0, self._on_rx)]
         if self.require_status:
-            self._subs.append(conn.subscribe(self.topic_status, 1, self._on_status))
+            self._subs.append(conn.subscribe(self.topic_status, 1, self._on_status, replay=True))
         if self.owner:
             self._follow_owner(self.owner)
         self._on_broker(conn.connected)
@@ -215,7 +215,7 @@ class MqttTransport(Transport):
             conn.unsubscribe(old)
         self.owner = owner
         self.owner_state = None
-        self._owner_sub = conn.subscribe(gateway_status_topic(self.prefix, owner), 1, self._on_owner)
+        self._owner_sub = conn.subscribe(gateway_status_topic(self.prefix, owner), 1, self._on_owner, replay=True)
 
     def _on_broker(self, up: bool) -> None:
         with self._lock:
@@ -254,6 +254,10 @@ class MqttTransport(Transport):
                 shown, reason = "reconnecting", f"broker {self.broker.describe()} lost"
             elif self.owner_state == "offline":
                 shown, reason = "disconnected", f"gateway {self.owner} is offline"
+            elif self.owner and self.owner_state != "online":
+                # Retained messages come in any order: a dead gateway's devices still say
+                # connected until its own status (its will) is in.
+                shown, reason = "reconnecting", f"waiting for gateway {self.owner}'s status"
             elif self.require_status and self._device_state not in CONNECTED_STATES:
                 said = self._device_state or "nothing"
                 shown = "disconnected" if said in ("disconnected", "offline", "removed") else "reconnecting"
