@@ -133,7 +133,8 @@ class BrokerConnection:
                 self._exact = {**self._exact, topic: [*self._exact.get(topic, ()), sub]}
             first = sub.wildcard or len(self._exact[topic]) == 1
             last = self._last.get(topic) if replay and not first else None
-        if first and self.connected:
+            send = first and self.connected  # else _on_connect's snapshot has it
+        if send:
             self.client.subscribe(topic, qos)
         if last is not None:
             _guard(callback, last)
@@ -211,15 +212,15 @@ class BrokerConnection:
             log.warning("mqtt %s: broker refused the connection: %s", self.describe(), reason_code)
             return
         _no_delay(client)
-        with self._lock:
+        with self._lock:  # connected with the snapshot: a subscriber or watcher joining now is in it, or sees it
             topics = [(t, subs[0].qos) for t, subs in self._exact.items()] + [(s.topic, s.qos) for s in self._wild]
             watchers = self._watchers
+            self.connected = True
         for i in range(0, len(topics), SUBSCRIBE_BATCH):
             client.subscribe(topics[i:i + SUBSCRIBE_BATCH])
         if self.status_topic:
             client.publish(self.status_topic, json.dumps({"state": "online", "ts": round(time.time(), 3),
                                                           "run": self.run_id}), qos=1, retain=True)
-        self.connected = True
         self.connects += 1
         if self._failing or self.connects > 1:
             log.info("mqtt %s: connected", self.describe())

@@ -394,12 +394,16 @@ async function w5() {
   };
   const events = { opened: false, messages: 0, types: {} };
   let eventsConn = null;
-  if (spec.events_path) {
-    eventsConn = await connect((buf) => {
-      events.messages++;
-      try { const t = JSON.parse(buf).type; events.types[t] = (events.types[t] || 0) + 1; } catch { /* counted */ }
-    }, spec.events_path);
-    events.opened = true;
+  if (spec.events_path) {  // a gateway without it (an old core) is still measured
+    try {
+      eventsConn = await connect((buf) => {
+        events.messages++;
+        try { const t = JSON.parse(buf).type; events.types[t] = (events.types[t] || 0) + 1; } catch { /* counted */ }
+      }, spec.events_path);
+      events.opened = true;
+    } catch (e) {
+      events.error = String(e);
+    }
   }
   const t0 = performance.now();
   const pathOf = spec.paths ? (i) => `${spec.paths[i]}?format=json` : (i) => `${spec.path_prefix}${i}?format=json`;
@@ -435,6 +439,8 @@ async function w5() {
   if (eventsConn) {
     Object.assign(out, { events_alive: !eventsConn.closed, events_messages: events.messages, events_types: events.types });
     eventsConn.close();
+  } else if (events.error) {
+    out.events_error = events.error;
   }
   return out;
 }
