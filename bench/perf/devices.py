@@ -20,8 +20,8 @@ bench/perf/run.py and fleet.py through stdin and stdout, one line each way:
                                                (sent: lines written per device; unsent: lines
                                                due while that device had no connection; late_ms:
                                                the worst lateness against the schedule)
-  in   FILL K                                  every device sends K lines at once, shaped as
-                                               START's stamped ones: "f=<j> v=<i>.<j mod 100> ns=<n>"
+  in   FILL K                                  every device sends K lines at once, as START's
+                                               stamped ones: "t=<j> v=<i>.<j mod 100> ns=<n>", j = 1..K
   out  {"filled": L, "seconds": W}             once they are all written (L lines in all)
   EOF on stdin, or --limit seconds: it exits.
 With --mqtt URL/PREFIX the devices are topics on a broker instead (W6: mqtt:// devices,
@@ -128,7 +128,7 @@ class Devices:
             t = self.live(i)
             if t is not None:
                 ns = time.monotonic_ns()
-                t.write("".join(f"f={j} v={i}.{j % 100:02d} ns={ns + j}\n" for j in range(1, lines + 1)).encode())
+                t.write("".join(f"t={j} v={i}.{j % 100:02d} ns={ns + j}\n" for j in range(1, lines + 1)).encode())
                 filled += lines
         deadline = t0 + 120
         while time.monotonic() < deadline and any(

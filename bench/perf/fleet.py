@@ -213,9 +213,11 @@ def scenario_one(target: str, opts, logs: Path) -> dict:
 QUIET_SIM = ("quiet", "sim://?interval=0")  # in every config, so that 0 TCP devices is a valid one
 
 
-def hold_clients(port: int, n: int, limit: float, started: list) -> tuple[subprocess.Popen, "perf.Lines"]:
-    """A json client on each of dev0..dev<n-1>, held open (client.mjs W5 at its pause)."""
-    spec = clients_spec(port, n, 1, 100, limit, events=False)
+def hold_clients(port: int, n: int, lines: int, limit: float, started: list) -> tuple[subprocess.Popen, "perf.Lines"]:
+    """A json client on each of dev0..dev<n-1>, held open (client.mjs W5 at its pause),
+    ready to check up to `lines` lines from each device."""
+    spec = clients_spec(port, n, lines, 100, limit, events=False)
+    spec.update(latency=False, seconds=120)  # seconds: how long the clients wait for the last lines
     client = subprocess.Popen(["node", str(HERE / "client.mjs"), json.dumps(spec)], cwd=HERE,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     started.append(client)
@@ -245,7 +247,7 @@ def memory_point(target: str, n: int, history: int, logs: Path, limit: float, cl
             raise RuntimeError(f"not all of {n} devices connected after 120 s")
         point["idle"] = perf.gateway_sample(server.pid)
         if n and clients:
-            client, out = hold_clients(port, n, limit, stack.clients)
+            client, out = hold_clients(port, n, history, limit, stack.clients)
         if n:
             before = lines_in(port)
             if before is None:
@@ -256,14 +258,14 @@ def memory_point(target: str, n: int, history: int, logs: Path, limit: float, cl
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError(f"the gateway did not read {done['filled']} lines within 300 s")
                 time.sleep(0.5)
+            if clients:  # and every client has them all (nothing left in the gateway's queues)
+                client.stdin.write(json.dumps({"sent": [history] * n}) + "\n")
+                client.stdin.flush()
+                ev = out.json(120)
+                if ev.get("event") != "result" or ev.get("lost") or ev.get("delivered") != n * history:
+                    raise RuntimeError(f"json clients did not hear every line: {ev}")
             point["full"] = perf.gateway_sample(server.pid)
             point["fill_seconds"] = point["full"]["t"] - point["idle"]["t"]
-        if n and clients:
-            client.stdin.write(json.dumps({"sent": [0] * n}) + "\n")
-            client.stdin.flush()
-            ev = out.json(30)
-            if ev.get("event") != "result" or ev.get("other") != n * history:
-                raise RuntimeError(f"json clients did not hear every line: {ev}")
     finally:
         stack.close()
     return point
