@@ -216,7 +216,10 @@ class Gateway:
 
     def add_device(self, dev: DeviceConfig) -> DeviceLink:
         """Add a device and start opening it; ValueError when the name is taken (or the
-        URL is bad: transports.create checks it)."""
+        URL is bad: transports.create checks it). A remote device (discovered) in the way
+        of one of this gateway's own moves to NAME@OWNER (discovery.make_room)."""
+        if self.discovery is not None and not dev.owner:
+            self.discovery.make_room(dev.name)
         with self._devices_lock:
             if dev.name in self.links:
                 raise ValueError(f"device {dev.name!r} exists")

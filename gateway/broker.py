@@ -100,6 +100,7 @@ class BrokerConnection:
                 return
             self._started = True
         self.client.connect_async(self.broker.host, self.broker.port, self.keepalive)
+        quiet_network_thread(self.client, self.keepalive)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -133,7 +134,9 @@ class BrokerConnection:
                 self._exact = {**self._exact, topic: [*self._exact.get(topic, ()), sub]}
             first = sub.wildcard or len(self._exact[topic]) == 1
             last = self._last.get(topic) if replay and not first else None
-            send = first and self.connected  # else _on_connect's snapshot has it
+            # Under the lock, with _on_connect: either its list has this topic, or we
+            # see it connected and subscribe ourselves.
+            send = first and self.connected
         if send:
             self.client.subscribe(topic, qos)
         if last is not None:
@@ -212,10 +215,10 @@ class BrokerConnection:
             log.warning("mqtt %s: broker refused the connection: %s", self.describe(), reason_code)
             return
         _no_delay(client)
-        with self._lock:  # connected with the snapshot: a subscriber or watcher joining now is in it, or sees it
+        with self._lock:
+            self.connected = True
             topics = [(t, subs[0].qos) for t, subs in self._exact.items()] + [(s.topic, s.qos) for s in self._wild]
             watchers = self._watchers
-            self.connected = True
         for i in range(0, len(topics), SUBSCRIBE_BATCH):
             client.subscribe(topics[i:i + SUBSCRIBE_BATCH])
         if self.status_topic:
@@ -229,9 +232,9 @@ class BrokerConnection:
             _guard(watch, True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        was = self.connected
-        self.connected = False
         with self._lock:
+            was = self.connected
+            self.connected = False
             watchers = self._watchers
             acks, self._acks = self._acks, {}
             self._last.clear()  # the retained messages come again with the subscriptions
@@ -280,6 +283,26 @@ def _no_delay(client) -> None:
         client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):  # no socket (closed meanwhile), or not TCP
         pass
+
+
+def quiet_network_thread(client, keepalive: int) -> None:
+    """Have paho's network thread (`loop_start`) wait in select() for up to a quarter of
+    the keepalive, not paho's fixed second: an idle gateway then wakes it only for the
+    keepalive ping (every 7.5 s at the default 30 s; the broker allows 1.5x keepalive).
+    Writes from other threads wake it at once (paho's socket pair), and so does a
+    disconnect. Uses paho 2.2's `_thread_main`, the target `loop_start` gives its thread
+    (checked in tests/test_mqtt.py)."""
+    wait = keepalive / 4 if keepalive else 60.0
+    wait = max(1.0, wait)
+
+    def main() -> None:
+        try:
+            client.loop_forever(timeout=wait, retry_first_connection=True)
+        finally:
+            client._thread = None
+
+    if callable(getattr(client, "_thread_main", None)):
+        client._thread_main = main
 
 
 def _matches(topic_filter: str, topic: str) -> bool:

@@ -282,9 +282,10 @@ class DeviceLink:
         if self._queue:
             self.loop.mark_dirty(self)
 
-    def _lost(self, exc: BaseException | None) -> None:
+    def _lost(self, exc: BaseException | None, state: State = State.RECONNECTING) -> None:
         """The device went away (loop): keep its partial line, fail what waits, and
-        try again after BACKOFF_FIRST (tcp-listen: wait for the next dial-in)."""
+        try again after BACKOFF_FIRST (tcp-listen: wait for the next dial-in). `state`:
+        what it shows meanwhile (a push transport's owner may say disconnected)."""
         if self.phase is Phase.STOPPED:
             return
         if exc is not None:
@@ -295,7 +296,7 @@ class DeviceLink:
         self._flush_partial()
         self._fail_all(f"device {self.name} lost: {exc}" if exc else f"device {self.name} lost")
         self.counters.reconnects += 1
-        self._set_state(State.RECONNECTING)
+        self._set_state(state)
         if not self._pollable:
             self.phase = Phase.OPENING  # the device thread opens it again
             return
@@ -768,7 +769,6 @@ class DeviceLink:
         self._open()
         return True
 
-
     # -- push transports (loop) ------------------------------------------------------------
     #
     # A transport with `pushes` (mqtt://) has neither a descriptor nor a thread: it is
@@ -794,12 +794,12 @@ class DeviceLink:
         """The device went away (reconnecting) or its owner says it is disconnected."""
         if self.phase is Phase.STOPPED:
             return
+        shown = State(state)
         if self.phase is Phase.UP:
-            self._lost(TransportError(reason))
+            self._lost(TransportError(reason), shown)
         else:
             self._failed_to_open(TransportError(reason))
-        if state == State.DISCONNECTED.value:
-            self._set_state(State.DISCONNECTED)
+            self._set_state(shown)
 
     def _push_write(self, data: bytes) -> None:
         token = self._push_write_token = object()

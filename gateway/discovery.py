@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from .config import GATEWAY_ID, NAME_RE, Button, DeviceConfig
@@ -46,6 +48,7 @@ class Discovery:
         self.remotes: dict[tuple[str, str], str] = {}  # (owner, name) -> local name; the worker's
         self.announced: set[str] = set()  # own devices with a meta on the broker (loop and paho's thread)
         self.worker = Workers("discovery", 1)
+        self._lock = threading.Lock()  # remotes, and adding or removing a remote device
         self._sub = None
 
     def meta_topic(self, name: str, owner: str) -> str:
@@ -128,8 +131,46 @@ class Discovery:
             log.info("discovery: clearing the announcement of device %s, which this gateway no longer has", name)
             self.conn.publish(self.meta_topic(name, self.own_id), b"", qos=1, retain=True)
 
+    def _configured_as(self, name: str) -> str | None:
+        """The name of a configured mqtt:// device (not a discovered one) that reaches
+        device `name` on this broker and prefix, if any."""
+        wanted = (self.conn.broker, self.prefix, name)
+        for local, link in self.gateway.links.items():
+            if not link.config.owner and _topic_base(link.transport) == wanted:
+                return local
+        return None
+
+    def make_room(self, name: str) -> None:
+        """A device of this gateway is about to be added as `name` (POST /api/devices, a
+        reload): a remote device listed under that name moves to NAME@OWNER, since this
+        gateway's own devices keep their names. Any thread but the loop."""
+        with self._lock:
+            link = self.gateway.links.get(name)
+            if link is None or not link.config.owner:
+                return
+            owner = link.config.owner
+            key = next((k for k, v in self.remotes.items() if v == name), None)
+            moved = f"{name}@{owner}"
+            log.warning("discovery: device %s of this gateway takes the name of gateway %s's device; "
+                        "that one is shown as %s from now on", name, owner, moved)
+            self.gateway.remove_device(name)
+            try:
+                self.gateway.add_device(replace(link.config, name=moved))
+            except ValueError as exc:
+                log.warning("discovery: device %s of gateway %s not listed: %s", name, owner, exc)
+                moved = None
+            if key is not None:
+                if moved is None:
+                    del self.remotes[key]
+                else:
+                    self.remotes[key] = moved
+
     def _remote(self, name: str, owner: str, payload: bytes) -> None:
         """The worker: add, keep or remove the remote device (owner, name)."""
+        with self._lock:
+            self._remote_locked(name, owner, payload)
+
+    def _remote_locked(self, name: str, owner: str, payload: bytes) -> None:
         key = (owner, name)
         if not payload:
             local = self.remotes.pop(key, None)
@@ -140,8 +181,6 @@ class Discovery:
                 except KeyError:
                     pass
             return
-        if key in self.remotes:
-            return  # known: its state comes with its status topic
         try:
             meta = json.loads(payload)
             if not isinstance(meta, dict):
@@ -149,9 +188,21 @@ class Discovery:
         except ValueError as exc:
             log.warning("discovery: %s: not a meta message (%s); ignored", self.meta_topic(name, owner), exc)
             return
+        buttons = _buttons(meta.get("buttons"))
+        if key in self.remotes:  # known: its state comes with its status topic; buttons may change
+            local = self.remotes[key]
+            link = self.gateway.links.get(local)
+            if link is not None and link.config.buttons != buttons:
+                self.gateway.update_device(local, replace(link.config, buttons=buttons))
+            return
         if not NAME_RE.match(name) or not GATEWAY_ID.fullmatch(owner):
             log.warning("discovery: %s: the device name or gateway id is not valid here; ignored",
                         self.meta_topic(name, owner))
+            return
+        configured = self._configured_as(name)
+        if configured is not None:
+            log.info("discovery: device %s of gateway %s is configured here as %s; not listed twice",
+                     name, owner, configured)
             return
         local = name
         if name in self.gateway.links:
@@ -160,7 +211,7 @@ class Discovery:
             log.warning("discovery: device %s of gateway %s clashes with device %s of gateway %s; shown here as %s "
                         "(both use the topics %s/%s/...: rename one)", name, owner, name, taken, local, self.prefix, name)
         dev = DeviceConfig(name=local, url=f"{self.broker_url}/{self.prefix}/{name}?owner={owner}",
-                           buttons=_buttons(meta.get("buttons")), owner=owner)
+                           buttons=buttons, owner=owner)
         try:
             self.gateway.add_device(dev)
         except ValueError as exc:
@@ -168,6 +219,13 @@ class Discovery:
             return
         self.remotes[key] = local
         log.info("discovery: device %s of gateway %s listed as %s", name, owner, local)
+
+
+def _topic_base(transport) -> tuple | None:
+    """(broker, prefix, name) of an mqtt:// transport, else None."""
+    if not getattr(transport, "pushes", False):
+        return None
+    return transport.broker, transport.prefix, transport.name
 
 
 def _buttons(value) -> tuple[Button, ...]:

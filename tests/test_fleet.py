@@ -15,6 +15,7 @@ import sys
 import threading
 import urllib.request
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import websocket
 
 from conftest import assert_no_gateway_threads, metric, start_process, stop_process, wait_for
 from gateway.app import Gateway
-from gateway.config import Config, DeviceConfig, MqttConfig, SerialConfig, ServerConfig, apply_flags
+from gateway.config import Button, Config, DeviceConfig, MqttConfig, SerialConfig, ServerConfig, apply_flags
 from mqtt_broker import Mosquitto, MqttClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +40,10 @@ def fleet(tmp_path):
     def names(tag: str) -> list[str]:
         return [f"{tag}{i:02d}" for i in range(COUNT - 1)] + ["shared"]  # "shared": on A and on B
 
-    def in_process(gateway_id: str, tag: str) -> Gateway:
+    def in_process(gateway_id: str, tag: str, extra=()) -> Gateway:
         config = Config(server=ServerConfig(port=0, gateway_id=gateway_id), serial=SerialConfig(rescan=0),
                         mqtt=MqttConfig(url=broker.url, prefix=prefix, discover=True))
-        devices = [f"{n}=sim://?interval=0" for n in names(tag)]
+        devices = [f"{n}=sim://?interval=0" for n in names(tag)] + list(extra)
         gw = Gateway(apply_flags(config, "127.0.0.1", 0, devices)).start()
         started.append(gw)
         return gw
@@ -108,13 +109,15 @@ def connected_clients(sys_client: MqttClient, expected: int, timeout: float = 10
 def test_three_gateways_find_and_drive_each_others_devices(fleet, caplog):
     caplog.set_level(logging.INFO, logger="gateway.discovery")
     a = fleet.in_process("gw-a", "a")
-    b = fleet.in_process("gw-b", "b")
+    # B also has C's c01 configured by hand, under a name of its own.
+    b = fleet.in_process("gw-b", "b", [f"mine-c01=mqtt://{fleet.broker.host}:{fleet.broker.port}/{fleet.prefix}/c01"])
     proc_c, url_c = fleet.process_c()
     total = 3 * COUNT
     # Discovery: every gateway lists all 60 devices, its own and the others', all connected.
     on_a = wait_for(lambda: all_connected(a.url, total), 20, 0.2, "A to list 60 connected devices")
     on_c = wait_for(lambda: all_connected(url_c, total), 20, 0.2, "C to list 60 connected devices")
-    wait_for(lambda: all_connected(b.url, total), 20, 0.2, "B to list 60 connected devices")
+    on_b = wait_for(lambda: all_connected(b.url, total), 20, 0.2, "B to list 60 connected devices")
+    assert "c01" not in on_b and on_b["mine-c01"]["kind"] == "mqtt"  # not listed twice
     assert on_a["a00"]["owner"] == "gw-a" and on_a["a00"]["remote"] is False
     assert {k: on_a["c07"][k] for k in ("owner", "remote", "owner_state", "kind")} == \
         {"owner": "gw-c", "remote": True, "owner_state": "online", "kind": "mqtt"}
@@ -166,6 +169,14 @@ def test_three_gateways_find_and_drive_each_others_devices(fleet, caplog):
     a.add_device(DeviceConfig(name="a-new", url="sim://?interval=0"))
     wait_for(lambda: devices_of(url_c).get("a-new", {}).get("state") == "connected", 10, 0.1, "a-new on C")
     assert ping(url_c, "a-new") == "PONG"
+    # Buttons changed on the owner reach the copies.
+    a.update_device("a01", replace(a.links["a01"].config, buttons=(Button("Hi", "ECHO hi"),)))
+    wait_for(lambda: devices_of(url_c)["a01"]["buttons"] == [{"label": "Hi", "line": "ECHO hi"}], 10, 0.1,
+             "a01's new buttons on C")
+    # A device of B's own added under the name of A's: B's keeps it, A's moves aside.
+    b.add_device(DeviceConfig(name="a02", url="sim://?interval=0"))
+    assert b.links["a02"].config.owner == "" and b.links["a02@gw-a"].config.owner == "gw-a"
+    assert b.links["a02@gw-a"].wait_connected(5)
     # A device removed on its owner is removed everywhere.
     a.remove_device("a05")
     wait_for(lambda: "a05" not in b.links, 10, 0.05, "a05 to go from B")

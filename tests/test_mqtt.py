@@ -349,3 +349,48 @@ def test_one_broker_connection_for_the_sink_and_every_mqtt_device(broker, prefix
     assert not [t for t in threading.enumerate() if t.name.startswith("device:r")]  # no thread per mqtt:// device
     # The sink never publishes what came from the broker (no loops).
     assert [list(s.channels) for s in gw.sinks if isinstance(s, MqttSink)] == [["sim"]]
+
+
+def test_discover_and_owner_are_checked():
+    from gateway.config import from_dict
+
+    with pytest.raises(ConfigError, match=re.escape("mqtt.discover = True: needs [mqtt] url")):
+        from_dict({"mqtt": {"discover": True}}, "gw.toml")
+    with pytest.raises(ConfigError, match="not mqtts://"):
+        from_dict({"mqtt": {"discover": True, "url": "mqtts://b:8883"}}, "gw.toml")
+    assert from_dict({"mqtt": {"discover": True, "url": "mqtt://b"}}, "gw.toml").mqtt.discover
+    # owner is what discovery sets on other gateways' devices, never a config key.
+    with pytest.raises(ConfigError, match=re.escape("device[0].owner = 'gw-x': not a device key")):
+        from_dict({"device": [{"name": "d", "url": "sim://", "owner": "gw-x"}]}, "gw.toml")
+    t = transports.create("mqtt://b/lab/esp?owner=gw-x")
+    assert (t.owner, t.pushes) == ("gw-x", True)
+    with pytest.raises(ValueError, match="owner"):
+        transports.create("mqtt://b/lab/esp?owner=a%2Bb")
+
+
+def test_an_idle_gateway_leaves_its_mqtt_threads_asleep(broker, prefix, gateway):
+    import paho.mqtt.client as mqtt
+
+    assert callable(getattr(mqtt.Client, "_thread_main", None)), "paho's loop_start target moved (broker.py)"
+    gw = gateway(broker.url, prefix, ["sim=sim://?interval=0", f"r=mqtt://{broker.host}:{broker.port}/{prefix}/x?status=ignore"])
+    assert gw.links["r"].wait_connected(5)
+    mine = [t for t in threading.enumerate() if t.name in ("mqtt-sink", f"paho-mqtt-client-gateway-{gw.gateway_id}-{gw.run_id}")]
+    assert len(mine) == 2
+
+    def wakeups() -> dict[str, int]:
+        out = {}
+        for t in mine:
+            with open(f"/proc/self/task/{t.native_id}/status") as fh:
+                out[t.name] = next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
+        return out
+
+    # Three windows of 1.5 s to count wake-ups in (not a synchronisation): start-up traffic
+    # (acknowledgements, retained statuses) or the keepalive ping (every 7.5 s) may fall in
+    # one; paho's own loop_start wakes every second, in every window.
+    counts = []
+    for _ in range(3):
+        before = wakeups()
+        threading.Event().wait(1.5)
+        after = wakeups()
+        counts.append({name: after[name] - before[name] for name in after})
+    assert any(all(n == 0 for n in window.values()) for window in counts), counts

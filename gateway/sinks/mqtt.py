@@ -96,8 +96,7 @@ def discovery_config(cfg: MqttConfig, device: str, kind: str, key: str, gateway_
              "value_template": "{{ 'online' if value_json.state == 'connected' else 'offline' }}"},
         ],
         "availability_mode": "all",
-        "device": {"identifiers": [node], "name": device, "model": f"{kind}:// device", "manufacturer": "gateway",
-                   "via_device": gateway_id},
+        "device": {"identifiers": [node], "name": device, "model": f"{kind}:// device", "manufacturer": "gateway"},
         "origin": {"name": "gateway"},
     }
 
@@ -296,7 +295,12 @@ class MqttSink(Sink):
                     if stopping and (self._flushed() or time.monotonic() >= self._stop_deadline):
                         return
                     armed = self._arm_wake_up()
-                    self._cond.wait(0.05 if armed or stopping else 1.0)
+                    if armed or stopping:
+                        self._cond.wait(0.05)
+                    elif any(ch.inflight for ch in self.channels.values()):
+                        self._cond.wait(1.0)  # to forget (or count as lost) what paho still holds
+                    else:
+                        self._cond.wait()  # idle: woken by a record, a state or the broker
                     continue
             for ch, epoch, status, records in jobs:
                 try:

@@ -266,10 +266,10 @@ class MqttTransport(Transport):
                 shown, reason = "up", ""
             if shown == self._shown:
                 return
-            self._shown = shown
+            first, self._shown = self._shown is None, shown
             link = self._link
-        if link is None:
-            return
+        if link is None or (first and shown == "reconnecting"):
+            return  # the link starts out reconnecting: no warning per device while the broker connects
         if shown == "up":
             link.up()
         else:
