@@ -30,6 +30,7 @@ Workloads (the load client is client.mjs: Node's ws with bufferutil):
           then one json client per device while every device sends a line a second for 30 s:
           the gateway's CPU % and lost/duplicated/reordered lines (--w5-devices, --w5-idle,
           --w5-active; --quick: 100 devices, 5 s, 5 s)
+  (W6, fleets of devices and gateways: bench/perf/fleet.py, built on this file's pieces)
 
 Both Python servers run on the same interpreter: the gateway on the Python websockify's
 script names (/usr/bin/python3 on Debian), in a virtualenv made for it in the temporary
