@@ -35,6 +35,7 @@ from .workers import Workers
 log = logging.getLogger(__name__)
 
 MAX_BUTTONS = 32  # buttons taken from one meta message
+MAX_REMOTE = 10000  # remote devices listed at most (a broker full of announcements stays bounded)
 
 
 class Discovery:
@@ -198,6 +199,10 @@ class Discovery:
         if not NAME_RE.match(name) or not GATEWAY_ID.fullmatch(owner):
             log.warning("discovery: %s: the device name or gateway id is not valid here; ignored",
                         self.meta_topic(name, owner))
+            return
+        if len(self.remotes) >= MAX_REMOTE:
+            log.warning("discovery: device %s of gateway %s not listed: %d remote devices already", name, owner,
+                        MAX_REMOTE)
             return
         configured = self._configured_as(name)
         if configured is not None:

@@ -190,7 +190,7 @@ class GatewayCollector:
         if sink is None:
             return
         stats = sink.stats
-        connected = _gauge("gateway_mqtt_connected", "1 while the device's MQTT client is connected to the broker",
+        connected = _gauge("gateway_mqtt_connected", "1 while the gateway's connection to the sink's broker is up",
                            ("device",))
         buffered = _gauge("gateway_mqtt_buffered", "Lines waiting to be published", ("device",))
         for device, s in stats.items():
@@ -201,7 +201,7 @@ class GatewayCollector:
         for attr, doc in (
             ("published", "MQTT messages published"),
             ("dropped", "Lines or messages that did not reach the broker (buffer full, connection lost)"),
-            ("reconnects", "Times the device's MQTT client connected again after losing the broker"),
+            ("reconnects", "Times the broker connection came back while the device was published"),
             ("commands", "Lines from PREFIX/NAME/tx queued for the device"),
             ("commands_refused", "Lines from PREFIX/NAME/tx not written"),
         ):

@@ -141,10 +141,10 @@ def test_three_gateways_find_and_drive_each_others_devices(fleet, caplog):
     finally:
         sys_client.close()
 
-    # Control across gateways: A drives C's device, C drives A's, B drives A's through A's name.
+    # Control across gateways: A drives C's device (a process), C drives A's, B drives both.
     assert ping(a.url, "c07") == "PONG"
     assert ping(url_c, "a03") == "PONG"
-    assert ping(b.url, "shared@gw-a") == "PONG"
+    assert ping(b.url, "a04") == "PONG" and ping(b.url, "c04") == "PONG"
 
     # C is killed: its will marks it offline, and its devices show disconnected elsewhere.
     os.kill(proc_c.pid, signal.SIGKILL)

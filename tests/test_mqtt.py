@@ -27,7 +27,7 @@ from gateway.sinks.mqtt import MqttSink, discovery_config
 from mqtt_broker import Mosquitto, MqttClient, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
-MY_THREADS = ("mqtt-sink", "paho-mqtt-client-gateway-", "recorder")
+MY_THREADS = ("mqtt-sink", "paho-mqtt-client-gateway-", "recorder", "discovery-")
 
 
 def my_threads() -> list[str]:
@@ -394,3 +394,23 @@ def test_an_idle_gateway_leaves_its_mqtt_threads_asleep(broker, prefix, gateway)
         after = wakeups()
         counts.append({name: after[name] - before[name] for name in after})
     assert any(all(n == 0 for n in window.values()) for window in counts), counts
+
+
+def test_discovery_ignores_bad_announcements(broker, prefix, gateway, mqtt_client, caplog):
+    gw = gateway(broker.url, prefix, discover=True)
+    other = mqtt_client(broker)
+    for topic, payload in ((f"{prefix}/x/meta/gw-z", b"not json"),
+                           (f"{prefix}/x/meta/gw-z", b"[1, 2]"),
+                           (f"{prefix}/bad name!/meta/gw-z", b'{"owner": "gw-z"}'),
+                           (f"{prefix}/y/meta/-bad-owner", b'{"owner": "-bad-owner"}'),
+                           (f"{prefix}/z/meta/gw-z", b'{"buttons": "no", "kind": 5}')):
+        other.publish(topic, payload, retain=True)
+    # The last one is odd but usable: listed, without buttons; the others are refused.
+    wait_for(lambda: "z" in gw.links, what="z to be listed")
+    assert gw.links["z"].config.buttons == () and gw.links["z"].config.owner == "gw-z"
+    assert set(gw.links) == {"sim", "z"}
+    assert "not a meta message" in caplog.text and "not valid here" in caplog.text
+    for topic in (f"{prefix}/x/meta/gw-z", f"{prefix}/bad name!/meta/gw-z", f"{prefix}/y/meta/-bad-owner",
+                  f"{prefix}/z/meta/gw-z"):
+        other.publish(topic, b"", retain=True)
+    wait_for(lambda: "z" not in gw.links, what="z to go with its announcement")

@@ -142,7 +142,8 @@ class MqttTransport(Transport):
         self.pool = None  # the gateway's BrokerPool (gateway/broker.py), set before attach()
         self._conn = None
         self._link = None  # device.py's push side: up(), data(payload), down(state_name, reason)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state below, and _shown
+        self._owner_lock = threading.Lock()  # _owner_sub
         self._subs: list = []
         self._owner_sub = None
         self._broker_up = False
@@ -192,14 +193,16 @@ class MqttTransport(Transport):
         conn.publish_acked(self.topic_tx, data, acked)
 
     def release(self) -> None:
-        conn, self._conn = self._conn, None
         self._link = None
+        with self._owner_lock:  # with _follow_owner: no subscription made after this
+            conn, self._conn = self._conn, None
+            owner_sub, self._owner_sub = self._owner_sub, None
         if conn is None:
             return
         conn.unwatch(self._on_broker)
-        for sub in self._subs + ([self._owner_sub] if self._owner_sub else []):
+        for sub in self._subs + ([owner_sub] if owner_sub else []):
             conn.unsubscribe(sub)
-        self._subs, self._owner_sub = [], None
+        self._subs = []
 
     def close(self) -> None:
         """Nothing to close: the connection is the gateway's."""
@@ -207,15 +210,19 @@ class MqttTransport(Transport):
     # -- paho's thread ----------------------------------------------------------------------
 
     def _follow_owner(self, owner: str) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        old, self._owner_sub = self._owner_sub, None
-        if old is not None:
-            conn.unsubscribe(old)
-        self.owner = owner
-        self.owner_state = None
-        self._owner_sub = conn.subscribe(gateway_status_topic(self.prefix, owner), 1, self._on_owner, replay=True)
+        """Follow gateway `owner`'s status (the loop at attach, or paho's thread when a
+        device status names another gateway)."""
+        with self._owner_lock:
+            conn = self._conn
+            if conn is None:
+                return
+            old, self._owner_sub = self._owner_sub, None
+            if old is not None:
+                conn.unsubscribe(old)
+            self.owner = owner
+            with self._lock:
+                self.owner_state = None
+            self._owner_sub = conn.subscribe(gateway_status_topic(self.prefix, owner), 1, self._on_owner, replay=True)
 
     def _on_broker(self, up: bool) -> None:
         with self._lock:
