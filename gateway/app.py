@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -467,6 +468,7 @@ class _Acceptor:
         if not server.verify_request(request, address):
             server.shutdown_request(request)
             return
+        _no_delay(request)
         try:
             server.process_request(request, address)
         except Exception:
@@ -480,6 +482,15 @@ def _address(server: Rfc2217Server | None) -> str | None:
         return None
     host, port = server.address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _no_delay(sock) -> None:
+    """Frames go out as they are sent: without TCP_NODELAY a json client's reply (or any
+    frame after one the client has not acknowledged yet) waits for its delayed ACK, 40 ms."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not TCP (a test's socketpair), or TLS wrapped oddly
+        pass
 
 
 def _masked(url: str) -> str:

@@ -214,6 +214,7 @@ class BrokerConnection:
         if reason_code.is_failure:
             log.warning("mqtt %s: broker refused the connection: %s", self.describe(), reason_code)
             return
+        _no_delay(client)
         with self._lock:
             self.connected = True
             topics = [(t, subs[0].qos) for t, subs in self._exact.items()] + [(s.topic, s.qos) for s in self._wild]
@@ -271,6 +272,17 @@ class BrokerConnection:
         for sub in self._wild:
             if _matches(sub.topic, msg.topic):
                 _guard(sub.callback, msg)
+
+
+def _no_delay(client) -> None:
+    """TCP_NODELAY on paho's socket (paho leaves Nagle on): else a PUBLISH that follows
+    a PUBACK (a line read back after a tx written) waits for the broker's delayed ACK,
+    40 ms. The broker's side needs the same (mosquitto: `set_tcp_nodelay true`)."""
+    import socket
+    try:
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # no socket (closed meanwhile), or not TCP
+        pass
 
 
 def quiet_network_thread(client, keepalive: int) -> None:

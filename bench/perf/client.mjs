@@ -1,7 +1,7 @@
 // The benchmark's load client: Node's `ws` (with bufferutil) or a plain TCP socket.
 // usage: node client.mjs '<json spec>'   (bench/perf/run.py writes the spec)
 //
-// spec: {workload: "w1"|"w2"|"w3"|"w4", kind: "raw"|"gateway"|"websocketd"|"websockify",
+// spec: {workload: "w1"|"w2"|"w3"|"w4"|"w5"|"request", kind: "raw"|"gateway"|"websocketd"|"websockify",
 //        host, port, path, ...workload parameters}
 // Talks to run.py through stdout (one JSON object per line: {"event": ...}) and stdin (one
 // line to go on after a "pause" event). Every loop is bounded in count and in time.
@@ -352,14 +352,23 @@ async function w4() {
 // ("t=<k> v=<i>.<...>", k = 1, 2, ... per device) and answers with what each device sent,
 // {"sent": [...]}; each client must then hold lines 1..sent[i] of its own device, each once,
 // in order (waiting at most `seconds` s for the last ones).
+// W6 (fleet.py) adds: `latency`: lines carry " ns=<CLOCK_MONOTONIC ns>" stamped by the
+// device as it wrote them, and each client takes the delay on arrival (process.hrtime is
+// CLOCK_MONOTONIC too; same machine); `events_path`: one more client, on /ws/_events,
+// counting what it hears; `paths`: the clients' paths, when not path_prefix + i.
+const STAMP = / ns=(\d+)/;
+
 async function w5() {
   const n = spec.devices, most = spec.max_lines;
   const stats = [];
+  const delays = [];  // ms, device write to client arrival (W6)
+  const slowAt = {};  // second k: how many of its lines took 50 ms or more
   const makeOnLine = (i) => {
     const s = { hello: false, seen: new Uint8Array(most + 2), unique: 0, dup: 0, reordered: 0, max: 0,
                 foreign: 0, beyond: 0, other: 0 };
     stats[i] = s;
     return (buf) => {
+      const arrived = spec.latency ? process.hrtime.bigint() : 0n;
       let msg;
       try { msg = JSON.parse(buf); } catch { s.other++; return; }
       if (msg.type === "hello") { s.hello = true; return; }
@@ -373,11 +382,32 @@ async function w5() {
       s.seen[k] = 1;
       s.unique++;
       if (k < s.max) s.reordered++; else s.max = k;
+      if (spec.latency) {
+        const t = STAMP.exec(msg.line);
+        if (t) {
+          const d = Number(arrived - BigInt(t[1])) / 1e6;
+          delays.push(d);
+          if (d >= 50) slowAt[k] = (slowAt[k] || 0) + 1;
+        }
+      }
     };
   };
+  const events = { opened: false, messages: 0, types: {} };
+  let eventsConn = null;
+  if (spec.events_path) {  // a gateway without it (an old core) is still measured
+    try {
+      eventsConn = await connect((buf) => {
+        events.messages++;
+        try { const t = JSON.parse(buf).type; events.types[t] = (events.types[t] || 0) + 1; } catch { /* counted */ }
+      }, spec.events_path);
+      events.opened = true;
+    } catch (e) {
+      events.error = String(e);
+    }
+  }
   const t0 = performance.now();
-  const { conns, failed } = await openMany(n, makeOnLine, spec.parallel || 100, spec.connect_seconds * 1000,
-                                           (i) => `${spec.path_prefix}${i}?format=json`);
+  const pathOf = spec.paths ? (i) => `${spec.paths[i]}?format=json` : (i) => `${spec.path_prefix}${i}?format=json`;
+  const { conns, failed } = await openMany(n, makeOnLine, spec.parallel || 100, spec.connect_seconds * 1000, pathOf);
   const opened = conns.filter(Boolean).length;
   const connectSeconds = (performance.now() - t0) / 1000;
   const hellos = await waitUntil(() => stats.every((s) => s.hello), 10000, 20);
@@ -398,12 +428,59 @@ async function w5() {
   }
   const alive = conns.filter((c) => c && !c.closed).length;
   for (const c of conns) if (c) c.close();
-  return { devices: n, opened, failed, connect_seconds: connectSeconds, hellos, complete, delivered,
-           expected: sent.reduce((a, b) => a + b, 0), lost, duplicated: dup, reordered, max_lost_per_client: maxLost,
-           foreign, beyond, other, alive, lost_at: lostAt };
+  const out = { devices: n, opened, failed, connect_seconds: connectSeconds, hellos, complete, delivered,
+                expected: sent.reduce((a, b) => a + b, 0), lost, duplicated: dup, reordered, max_lost_per_client: maxLost,
+                foreign, beyond, other, alive, lost_at: lostAt };
+  if (spec.latency) {
+    const sorted = Float64Array.from(delays).sort();
+    Object.assign(out, { stamped: sorted.length, p50_ms: percentile(sorted, 0.5), p99_ms: percentile(sorted, 0.99),
+                         max_ms: sorted.length ? sorted[sorted.length - 1] : null, slow_at: slowAt });
+  }
+  if (eventsConn) {
+    Object.assign(out, { events_alive: !eventsConn.closed, events_messages: events.messages, events_types: events.types });
+    eventsConn.close();
+  } else if (events.error) {
+    out.events_error = events.error;
+  }
+  return out;
 }
 
-const workloads = { w1, w2, w3, w4, w5 };
+// W6 request: one json client on `path` sends `count` lines one at a time, each with
+// "reply": true, and waits for its reply (a device that echoes): round trip ms, p50, p99.
+async function request() {
+  let waiting = null;
+  const replies = { ok: 0, failed: 0, errors: [] };
+  const conn = await connect((buf) => {
+    let msg;
+    try { msg = JSON.parse(buf); } catch { return; }
+    if (waiting && msg.id === waiting.id && (msg.type === "reply" || msg.type === "error")) {
+      const w = waiting; waiting = null; w.resolve(msg);
+    }
+  }, `${spec.path}?format=json`);
+  const rtt = [];
+  const t0 = performance.now();
+  for (let k = 1; k <= spec.count && performance.now() - t0 < spec.seconds * 1000; k++) {
+    const line = `PING ${k} ${spec.tag || ""}`.trim();
+    const s = performance.now();
+    const msg = await new Promise((resolve) => {
+      waiting = { id: k, resolve };
+      conn.send(JSON.stringify({ line, id: k, reply: true, timeout: spec.timeout || 5 }));
+      setTimeout(() => { if (waiting && waiting.id === k) { waiting = null; resolve({ type: "timeout" }); } },
+                 (spec.timeout || 5) * 1000 + 1000);
+    });
+    if (msg.type === "reply" && msg.line === line) { replies.ok++; rtt.push(performance.now() - s); }
+    else {
+      replies.failed++;
+      if (replies.errors.length < 5) replies.errors.push(msg.type === "error" ? msg.error : msg.type === "reply" ? `reply ${msg.line}` : msg.type);
+    }
+  }
+  conn.close();
+  const sorted = Float64Array.from(rtt).sort();
+  return { sent: replies.ok + replies.failed, replies: replies.ok, failed: replies.failed, errors: replies.errors, p50_ms: percentile(sorted, 0.5),
+           p99_ms: percentile(sorted, 0.99), max_ms: sorted.length ? sorted[sorted.length - 1] : null };
+}
+
+const workloads = { w1, w2, w3, w4, w5, request };
 if (isMainThread) {
   const overall = setTimeout(() => { emit({ event: "error", error: "client time limit" }); process.exit(3); }, spec.limit * 1000);
   try {

@@ -30,6 +30,7 @@ Workloads (the load client is client.mjs: Node's ws with bufferutil):
           then one json client per device while every device sends a line a second for 30 s:
           the gateway's CPU % and lost/duplicated/reordered lines (--w5-devices, --w5-idle,
           --w5-active; --quick: 100 devices, 5 s, 5 s)
+  (W6, fleets of devices and gateways: bench/perf/fleet.py, built on this file's pieces)
 
 Both Python servers run on the same interpreter: the gateway on the Python websockify's
 script names (/usr/bin/python3 on Debian), in a virtualenv made for it in the temporary
@@ -466,41 +467,117 @@ def w5_config(path: Path, port: int, dev_ports: list[int]) -> None:
     path.write_text("\n".join(parts))
 
 
+def start_devices(n: int, limit: float, python: str | None = None, *options: str) -> tuple[subprocess.Popen, Lines, list]:
+    """devices.py with `n` devices (`options`: its other flags); its ports once all listen."""
+    devices = subprocess.Popen([python or sys.executable, str(HERE / "devices.py"), "--count", str(n),
+                                "--limit", str(limit), *options], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    out = Lines(devices)
+    try:
+        return devices, out, out.json(60)["ports"]
+    except Exception:
+        stop(devices)
+        raise
+
+
+def tell(devices: subprocess.Popen, out: Lines, command: str, timeout: float) -> dict:
+    """One command to devices.py, and its answer."""
+    devices.stdin.write(command + "\n")
+    devices.stdin.flush()
+    return out.json(timeout)
+
+
+def start_gateway_config(target: str, config: Path, port: int, logs: Path, tag: str) -> subprocess.Popen:
+    """The gateway of `target` (gateway, gateway@DIR, gateway-nowsaccel) on a config file."""
+    root = Path(target.split("@", 1)[1]) if "@" in target else GATEWAY_ROOT
+    cmd = [GATEWAY_PYTHON, str(root / "run_gateway.py"), "--config", str(config), "--port", str(port)]
+    if target == "gateway-nowsaccel":
+        cmd = [GATEWAY_PYTHON, "-c", "import runpy, sys; sys.modules['wsaccel'] = None; "
+               "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')", *cmd[1:]]
+    logfile = open(logs / f"{target.split('@')[0]}-{tag}.log", "a")
+    return subprocess.Popen(cmd, cwd=root, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_connected(port: int, n: int, seconds: float, server: subprocess.Popen) -> int:
+    """Poll /healthz until `n` devices are connected or `seconds` pass; how many are."""
+    deadline = time.monotonic() + seconds
+    connected = 0
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=5) as r:
+                states = json.load(r)["devices"]
+            connected = sum(v == "connected" for v in states.values())
+            if connected >= n:
+                break
+        except OSError:
+            pass
+        time.sleep(0.25)
+    return connected
+
+
+def finish(proc: subprocess.Popen | None) -> None:
+    """A load client: close its stdin and let it end, else kill it."""
+    if proc is None:
+        return
+    try:
+        proc.stdin.close()
+        proc.wait(10)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+
+
+def active_window(res: dict, pid: int, devices: subprocess.Popen, dev_out: Lines, cspec: dict, active: int,
+                  limit: float, started: list, stamp: bool = False) -> None:
+    """client.mjs's W5 clients on the gateway `pid` (spec `cspec`; the client is appended
+    to `started` for the caller to finish): once they are all open, every device sends a
+    line a second for `active` s; the gateway's CPU, RSS, and what the clients got go into `res`."""
+    client = subprocess.Popen(["node", str(HERE / "client.mjs"), json.dumps(cspec)], cwd=HERE,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    started.append(client)
+    out = Lines(client)
+    deadline = time.monotonic() + limit
+    for _ in range(100):  # a few events: pause, result or error
+        ev = out.json(deadline - time.monotonic())
+        kind = ev.pop("event")
+        if kind == "pause":
+            res["clients_opened"], res["hellos"] = ev.get("opened"), ev.get("hellos")
+            a, c0 = gateway_sample(pid), cpu_seconds([client.pid])
+            done = tell(devices, dev_out, f"START {active}{' stamp' if stamp else ''}", active + 60)
+            b, c1 = gateway_sample(pid), cpu_seconds([client.pid])
+            wall = b["t"] - a["t"]
+            res.update(active_cpu_s=b["cpu"] - a["cpu"], active_wall=wall,
+                       active_cpu_pct=(b["cpu"] - a["cpu"]) / wall * 100,
+                       server_cpu=(b["cpu_sched"] - a["cpu_sched"]) / wall, client_cpu=(c1 - c0) / wall,
+                       sent=sum(done["sent"]), unsent=done["unsent"], device_late_ms=done["late_ms"],
+                       threads_active=b["threads"], rss_active_kib=b["rss_kib"], pss_active_kib=b["pss_kib"])
+            client.stdin.write(json.dumps({"sent": done["sent"]}) + "\n")
+            client.stdin.flush()
+        elif kind == "result":
+            ev.pop("devices", None)
+            res.update(ev)
+            return
+        elif kind == "error":
+            res["error"] = ev["error"]
+            return
+    res["error"] = "client: too many events"
+
+
 def measure_w5(target: str, spec: dict, logs: Path) -> dict:
     n, idle, active = spec["devices"], spec["idle"], spec["active"]
     res: dict = {"devices": n, "idle_seconds": idle, "active_seconds": active}
-    devices = subprocess.Popen([sys.executable, str(HERE / "devices.py"), "--count", str(n),
-                                "--limit", str(spec["limit"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    server = client = None
+    devices = server = None
+    started: list = []
     try:
-        dev_out = Lines(devices)
-        dev_ports = dev_out.json(60)["ports"]
+        devices, dev_out, dev_ports = start_devices(n, spec["limit"])
         port = free_port()
         config = logs / f"w5-{n}.toml"
         w5_config(config, port, dev_ports)
-        root = Path(target.split("@", 1)[1]) if "@" in target else GATEWAY_ROOT
-        cmd = [GATEWAY_PYTHON, str(root / "run_gateway.py"), "--config", str(config), "--port", str(port)]
-        if target == "gateway-nowsaccel":
-            cmd = [GATEWAY_PYTHON, "-c", "import runpy, sys; sys.modules['wsaccel'] = None; "
-                   "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')", *cmd[1:]]
-        logfile = open(logs / f"{target.split('@')[0]}-w5.log", "a")
         t0 = time.monotonic()
-        server = subprocess.Popen(cmd, cwd=root, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+        server = start_gateway_config(target, config, port, logs, "w5")
         pid = server.pid
         # 1. every device connected, within the deadline
-        deadline = t0 + spec["connect_seconds"]
-        connected = 0
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=5) as r:
-                    states = json.load(r)["devices"]
-                connected = sum(v == "connected" for v in states.values())
-                if connected == n:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.25)
+        connected = wait_connected(port, n, spec["connect_seconds"], server)
         res["devices_connected"] = connected
         res["start_seconds"] = time.monotonic() - t0
         if connected != n:
@@ -518,47 +595,12 @@ def measure_w5(target: str, spec: dict, logs: Path) -> dict:
         cspec = {"workload": "w5", "kind": "gateway", "host": HOST, "port": port, "path_prefix": "/ws/dev",
                  "devices": n, "max_lines": active + 5, "parallel": spec["parallel"],
                  "connect_seconds": spec["connect_seconds"], "seconds": spec["drain"], "limit": spec["limit"]}
-        client = subprocess.Popen(["node", str(HERE / "client.mjs"), json.dumps(cspec)], cwd=HERE,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        out = Lines(client)
-        deadline = time.monotonic() + spec["limit"]
-        for _ in range(100):  # a few events: pause, result or error
-            ev = out.json(deadline - time.monotonic())
-            kind = ev.pop("event")
-            if kind == "pause":
-                res["clients_opened"], res["hellos"] = ev.get("opened"), ev.get("hellos")
-                a, c0 = gateway_sample(pid), cpu_seconds([client.pid])
-                devices.stdin.write(f"START {active}\n")
-                devices.stdin.flush()
-                done = dev_out.json(active + 60)
-                b, c1 = gateway_sample(pid), cpu_seconds([client.pid])
-                wall = b["t"] - a["t"]
-                res.update(active_cpu_s=b["cpu"] - a["cpu"], active_wall=wall,
-                           active_cpu_pct=(b["cpu"] - a["cpu"]) / wall * 100,
-                           server_cpu=(b["cpu_sched"] - a["cpu_sched"]) / wall, client_cpu=(c1 - c0) / wall,
-                           sent=sum(done["sent"]), unsent=done["unsent"], device_late_ms=done["late_ms"],
-                           threads_active=b["threads"], rss_active_kib=b["rss_kib"], pss_active_kib=b["pss_kib"])
-                client.stdin.write(json.dumps({"sent": done["sent"]}) + "\n")
-                client.stdin.flush()
-            elif kind == "result":
-                ev.pop("devices", None)
-                res.update(ev)
-                break
-            elif kind == "error":
-                res["error"] = ev["error"]
-                break
-        else:
-            res["error"] = "client: too many events"
+        active_window(res, pid, devices, dev_out, cspec, active, spec["limit"], started)
     except Exception as exc:  # reported in the table, not fatal
         res["error"] = str(exc)
     finally:
-        if client is not None:
-            try:
-                client.stdin.close()
-                client.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                client.kill()
-                client.wait()
+        for client in started:
+            finish(client)
         stop(server, 30)
         stop(devices)
     return res
