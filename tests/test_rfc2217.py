@@ -147,7 +147,8 @@ def test_the_device_api_adds_moves_and_removes_an_rfc2217_port(gateway):
     client = open_port(("127.0.0.1", port))
     holder = gw.rfc2217["sim"].holder
     assert until(events, lambda m: m.get("state") == "external") == {
-        "type": "device", "event": "state", "device": "sim", "state": "external", "by": holder}
+        "type": "device", "event": "state", "device": "sim", "state": "external", "by": holder,
+        "kind": "sim", "owner": gw.gateway_id, "remote": False}
     assert patch({"rfc2217": None})["rfc2217"] is None  # the session ends with its server
     assert "sim" not in gw.rfc2217
     with pytest.raises(OSError):
