@@ -222,7 +222,7 @@ class Gateway:
 
     def _new_link(self, dev: DeviceConfig, hub: Hub | None = None) -> DeviceLink:
         if hub is None:
-            hub = Hub(dev.name, self.run_id, dev.history)
+            hub = Hub(dev.name, self.run_id, dev.history, dev.encoding)
             hub.listeners.extend(self.sinks)
         transport = transports.create(dev.url)
         if transport.pushes:  # mqtt://: on the gateway's connection to its broker

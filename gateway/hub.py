@@ -18,7 +18,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from . import frames, telemetry
-from .codec import Line
+from .codec import Line, decode
 
 if TYPE_CHECKING:
     from .wsadapter import ClientSocket
@@ -66,36 +66,77 @@ class Listener(Protocol):
     def on_state(self, device: str, state: State) -> None: ...
 
 
-class Record:
-    """A numbered device line and its frames, each built at most once."""
+#: Records of a device's history beyond its newest HOT are compacted (Record.compact):
+#: their frames and parsed data were for the fan-out, which is over by then.
+HOT = 32
 
-    __slots__ = ("seq", "ts", "line", "_data", "_frames", "device", "_text")
+
+class Record:
+    """A numbered device line and its frames, each built at most once.
+
+    Held in a history, a record older than the newest HOT is compacted: its frames and
+    parsed data are dropped and its line kept as the bytes the device sent (the text is
+    decoded again when asked for). 1,000 devices with 1,000 lines of history each then
+    hold about 230 bytes a line instead of about 1,100 (bench/perf/fleet.py, W6 memory).
+    Readers on other threads (the sinks) may see a record before or after it is
+    compacted: every accessor reads each slot once, and compact() writes the packed form
+    before it lets go of the line."""
+
+    __slots__ = ("seq", "ts", "_line", "_data", "_frames", "device", "_text", "_encoding")
 
     def __init__(self, device: str, seq: int, ts: float, line: Line):
         self.device = device
         self.seq = seq
         self.ts = ts
-        self.line = line
+        self._line: Line | bytes = line  # bytes: compacted (the line as sent; see `line`)
+        self._encoding = ""  # the device's encoding, once compacted
         self._data: dict | None | bool = False  # False: not parsed yet
         self._frames: dict[str, bytes] | None = None  # json, binary: built when first asked for
         self._text: bytes | None = None  # the text frame (built in publish for text clients)
 
+    @property
+    def line(self) -> Line:
+        line = self._line
+        if type(line) is bytes:
+            return _unpack(line, self._encoding)
+        return line
+
+    def compact(self, encoding: str) -> None:
+        """Drop what the fan-out needed; keep the line as the bytes sent (on the loop)."""
+        line = self._line
+        if type(line) is bytes or line.raw.endswith(_EOL):
+            return  # done already, or a line whose end could not be told from its bytes
+        self._encoding = encoding
+        self._line = line.raw + line.end
+        self._text = self._frames = None
+        self._data = False
+
     def text_frame(self) -> bytes:
         f = self._text
         if f is None:
-            line = self.line
+            line = self._line
+            if type(line) is bytes:  # compacted: built for a replay, not kept
+                line = _unpack(line, self._encoding)
+                return _text_frame(line.text.encode("utf-8")) if line.valid else frames.binary(line.raw)
             f = self._text = _text_frame(line.text.encode("utf-8")) if line.valid else frames.binary(line.raw)
         return f
 
     @property
     def data(self) -> dict | None:
-        if self._data is False:
-            self._data = telemetry.parse(self.line.text) if self.line.valid else None
-        return self._data
+        data = self._data
+        if data is False:
+            line = self._line
+            if type(line) is bytes:  # compacted: parsed again, not kept
+                line = _unpack(line, self._encoding)
+                return telemetry.parse(line.text) if line.valid else None
+            data = self._data = telemetry.parse(line.text) if line.valid else None
+        return data
 
     def frame(self, fmt: str) -> bytes:
         if fmt == "text":
             return self.text_frame()
+        if type(self._line) is bytes:  # compacted: built for a replay, not kept
+            return self._build(fmt)
         built = self._frames
         if built is None:
             built = self._frames = {}
@@ -117,10 +158,24 @@ class Record:
         return _json_frame(msg)
 
 
+_EOL = (b"\r", b"\n")
+
+
+def _unpack(wire: bytes, encoding: str) -> Line:
+    """A compacted record's line: its bytes split at the line end (the decoder ends a
+    line at any CR or LF, so its own bytes never end with one: compact() checks), then
+    decoded as the device's decoder did."""
+    cut = 2 if wire.endswith(b"\r\n") else 1 if wire.endswith((b"\n", b"\r")) else 0
+    raw = wire[:len(wire) - cut]
+    text, valid = decode(raw, encoding)
+    return Line(raw, wire[len(raw):], text, valid)
+
+
 class Hub:
-    def __init__(self, device: str, run: str, history: int = 1000):
+    def __init__(self, device: str, run: str, history: int = 1000, encoding: str = "utf-8"):
         self.device = device
         self.run = run
+        self.encoding = encoding  # the device's, for compacted records (Record.compact)
         self.lock = threading.Lock()
         self.history: deque[Record] = deque(maxlen=history)
         self.seq = 0
@@ -228,7 +283,15 @@ class Hub:
             seq = self.seq
             records = [Record(device, seq + i, now, line) for i, line in enumerate(lines, 1)]
             self.seq = seq + len(records)
-            self.history.extend(records)
+            history = self.history
+            history.extend(records)
+            cold = len(history) - HOT  # history[cold - 1] has just left the newest HOT
+            if cold > 0:
+                if len(records) == 1:
+                    history[cold - 1].compact(self.encoding)
+                else:
+                    for i in range(cold - 1, max(cold - 1 - len(records), -1), -1):
+                        history[i].compact(self.encoding)
             if records and self._reply_to is not None:
                 sub, request_id, done = self._reply_to
                 self._reply_to = None
