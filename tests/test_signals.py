@@ -12,7 +12,7 @@ import socket
 
 import pytest
 import websocket
-from conftest import ws_url
+from conftest import wait_for, ws_url
 
 from gateway.config import ConfigError, DeviceConfig, parse_device_flag
 from gateway.signals import BOOTLOADER, NAMED, Step, parse_sequence
@@ -125,6 +125,9 @@ def test_reset_reboots_the_simulator_boot_noise_arrives_as_binary_then_ready(sta
     gw = start_gateway()
     ws = connect(gw)
     text = websocket.create_connection(ws_url(gw), timeout=5)
+    # The handshake's answer can reach the client before the loop has joined it to the
+    # device's fan-out: wait for that, or the first line may be sent before it joined.
+    wait_for(lambda: gw.links["sim"].hub.clients == 2, what="the text client to join the fan-out")
     ws.send(json.dumps({"line": "LED ON", "id": 1}))
     until(ws, lambda m: m.get("line") == "led=1")
     ws.send(json.dumps({"type": "reset", "id": 3}))
