@@ -519,3 +519,39 @@ def test_esptool_flashes_at_a_higher_baud_while_watchers_see_it_all(gateway, tmp
     ws.send(json.dumps({"line": "GET fw", "id": 2, "reply": True}))
     assert until(ws, lambda m: m["type"] == "reply")["line"] == f"fw={fw}"
     ws.close()
+
+
+def test_esptool_killed_mid_flash_leaves_the_device_usable(gateway, tmp_path):
+    """The issue's "a client that vanishes mid-flash": esptool killed (-9) halfway through
+    write-flash on a paced link. The watchers see the device connected again; the board is
+    still in its loader (nothing reset it), so a reset brings the line protocol back, and
+    the port can be taken again."""
+    gw = gateway({"name": "sim", "url": "sim://?interval=0&baud=115200", "rfc2217": free_port()})
+    image = bytearray(os.urandom(256 * 1024))
+    image[0] = 0x42  # no image header for esptool to patch
+    (tmp_path / "app.bin").write_bytes(image)
+    ws = watch(gw)
+    ws.settimeout(60)
+    flashing = esptool(rfc2217_of(gw), "write-flash", "0x0", "app.bin", cwd=tmp_path)
+    try:
+        until(ws, status("external"))
+
+        def writing() -> bool:
+            loader = sim_link(gw).loader
+            write = loader._write if loader is not None else None
+            return write is not None and write.remaining < 240 * 1024  # some 16 KiB written
+        wait_for(writing, timeout=60, what="esptool halfway through write-flash")
+    finally:
+        flashing.kill()
+        flashing.communicate(timeout=10)
+    until(ws, status("connected"), limit=100000)
+    ws.send(json.dumps({"type": "reset", "id": 1}))
+    until(ws, lambda m: m["type"] == "ack", limit=100000)
+    until(ws, lambda m: m["type"] == "line" and m["line"] == "ready", limit=100000)
+    ws.send(json.dumps({"line": "PING", "id": 2, "reply": True}))
+    assert until(ws, lambda m: m["type"] == "reply")["line"] == "PONG"
+    again = open_port(rfc2217_of(gw))
+    again.write(b"PING\n")
+    assert again.read_until(b"\n") == b"PONG\n"
+    again.close()
+    ws.close()
