@@ -14,7 +14,7 @@ import pytest
 from gateway.config import Config, LimitsConfig, ServerConfig, apply_flags
 
 GATEWAY_THREAD_PREFIXES = ("device:", "device-open", "WebSocketManager", "http:", "sim-",
-                           "mqtt-sink", "recorder", "paho-mqtt-client-gateway-", "port-scan", "flash:")
+                           "mqtt-sink", "recorder", "paho-mqtt-client-gateway-", "port-scan", "flash:", "discovery-")
 
 
 def gateway_threads() -> list[str]:
