@@ -568,7 +568,10 @@ def test_reads_take_what_is_waiting(peer, link):
     got, calls = read_exactly(link, size)
     sender.result()
     assert got == payload(size)
-    assert calls <= size // 512, f"{calls} read() calls for {size} bytes"
+    # How much is waiting at each read depends on how the sender and the reader are
+    # scheduled (loop:// hands bytes over through a 4 KiB queue): on a loaded machine a few
+    # hundred reads. Reading by in_waiting took one to two bytes a read: 32,768 or more.
+    assert calls <= size // 64, f"{calls} read() calls for {size} bytes"
 
 
 def test_close_then_open_again(peer, transport):
