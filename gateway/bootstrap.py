@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
-NEEDED = ("ws4py", "serial", "prometheus_client", "paho", "zeroconf")
+NEEDED = ("ws4py", "serial", "prometheus_client", "paho", "zeroconf", "esptool")
 
 
 def missing() -> list[str]:
